@@ -1,0 +1,230 @@
+"""The Python API behind every command: fit, evaluate, load.
+
+The CLI only parses flags, calls these and renders the results.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import artifacts as files
+from . import plugins
+from .config import TwoTowerConfig
+from .data.dataset import Dataset
+from .data.split import Split, make_split, pad_left
+from .errors import TwoTowerError
+from .evaluate import evaluate_model, evaluate_popularity
+from .progress import TrainingProgress
+from .recommendation import Recommendation, check_k, unknown_user
+from .towers.model import TwoTowerModel
+from .train import train
+
+log = logging.getLogger("twotower")
+
+
+@dataclass
+class FitResult:
+    config: TwoTowerConfig
+    artifacts_dir: Path
+    best_epoch: int
+    valid: dict[str, float]  # best validation metrics
+    test: dict[str, Any]  # test_metrics.json
+    popularity: dict[str, dict[str, float]]  # {"valid": ..., "test": ...}
+    log: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def load_dataset(config: TwoTowerConfig) -> Dataset:
+    return plugins.datasets().get(config.dataset)(config)
+
+
+def prepare(config: TwoTowerConfig) -> Split:
+    """Dataset plugin -> implicit filter -> temporal split (PROTOCOL.md)."""
+    return make_split(load_dataset(config), config.min_rating, config.min_user_positives)
+
+
+def fit(config: TwoTowerConfig, progress: bool = True) -> FitResult:
+    """Train on ``config``'s dataset, evaluate on test once, and write the artifacts."""
+    started = time.perf_counter()
+    for kind, name in (("user_encoders", config.user_encoder), ("losses", config.loss)):
+        plugins.registry(kind).get(name)  # fail on a bad name before any work
+    split = prepare(config)
+    with TrainingProgress(config.epochs, f"recall@{config.k_eval}", enabled=progress) as bar:
+        result = train(config, split, on_epoch=bar.epoch_done, on_step=bar.step)
+    test = evaluate_model(result.model, split, "test", config)
+    test.update(
+        num_users=split.num_users,
+        num_items=split.num_items,
+        mask_seen=config.mask_seen,
+        best_epoch=result.best_epoch,
+    )
+    popularity = {stage: evaluate_popularity(split, stage, config) for stage in ("valid", "test")}
+    target = config.resolved_artifacts_dir
+    write_artifacts(target, config, split, result.model, result.log, test, popularity)
+    return FitResult(
+        config,
+        target,
+        result.best_epoch,
+        result.best_valid,
+        test,
+        popularity,
+        result.log,
+        time.perf_counter() - started,
+    )
+
+
+def write_artifacts(target, config, split, model, train_log, test, popularity) -> None:
+    """Write every artifact into a staging folder, then swap it in (see artifacts.py)."""
+    retriever_options = plugins.component_options(config, "hnsw")
+    with files.staged_folder(target) as folder:
+        torch.save(
+            {
+                "state_dict": model.state_dict(),
+                "num_users": split.num_users,
+                "num_items": split.num_items,
+                "num_genres": len(split.genre_names),
+            },
+            folder / files.MODEL,
+        )
+        files.write_json(folder / files.CONFIG, config.to_dict())
+        vectors = model.catalog_vectors().cpu().numpy()
+        files.save_array(folder / files.ITEM_EMBEDDINGS, vectors)
+        plugins.retrievers().get("hnsw").build(vectors, **retriever_options).save(folder)
+        files.write_json(
+            folder / files.MAPPINGS, {"users": split.user_ids, "items": split.item_ids}
+        )
+        items = [
+            {"item_id": item, "title": title, "genres": genres}
+            for item, title, genres in zip(split.item_ids, split.titles, split.genres, strict=True)
+        ]
+        files.write_json(folder / files.ITEMS, {"genres": split.genre_names, "items": items})
+        histories = {
+            user: [split.item_ids[i - 1] for i in sequence]
+            for user, sequence in zip(split.user_ids, split.sequences, strict=True)
+        }
+        files.write_json(folder / files.USER_HISTORIES, histories)
+        files.write_jsonl(folder / files.TRAIN_LOG, train_log)
+        files.write_json(folder / files.TEST_METRICS, test)
+        files.write_json(folder / files.BASELINE_METRICS, popularity)
+        files.write_manifest(folder, {"config": config.to_dict()})
+
+
+def load_model(folder: Path, config: TwoTowerConfig) -> TwoTowerModel:
+    checkpoint = torch.load(folder / files.MODEL, map_location="cpu", weights_only=True)
+    genres = np.zeros((checkpoint["num_items"] + 1, checkpoint["num_genres"]), dtype=np.float32)
+    encoder_class = plugins.user_encoders().get(config.user_encoder)
+    model = TwoTowerModel(
+        config, checkpoint["num_users"], checkpoint["num_items"], genres, encoder_class
+    )
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.eval()
+
+
+class Recommender:
+    """A trained model loaded from its artifacts folder, ready to recommend."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.manifest = files.read_manifest(self.folder)
+        self.config = TwoTowerConfig.from_dict(files.read_json(self.folder, files.CONFIG))
+        self.model = load_model(self.folder, self.config)
+        mappings = files.read_json(self.folder, files.MAPPINGS)
+        self.user_ids: list[str] = mappings["users"]
+        self.item_ids: list[str] = mappings["items"]
+        self.user_index = {user: i + 1 for i, user in enumerate(self.user_ids)}
+        self.item_index = {item: i + 1 for i, item in enumerate(self.item_ids)}
+        self.items = files.read_json(self.folder, files.ITEMS)["items"]
+        self.histories: dict[str, list[str]] = files.read_json(self.folder, files.USER_HISTORIES)
+        self.item_vectors = files.load_array(self.folder, files.ITEM_EMBEDDINGS)
+        self._retrievers: dict[str, Any] = {}
+
+    def retriever(self, name: str):
+        """The named retriever over the item vectors: its saved index, else built in memory."""
+        if name not in self._retrievers:
+            cls = plugins.retrievers().get(name)
+            try:
+                index = cls.load(self.folder)
+            except FileNotFoundError:
+                if name == "hnsw":
+                    log.warning("HNSW index missing in %s; using exact search", self.folder)
+                    return self.retriever("exact")
+                options = plugins.component_options(self.config, name)
+                index = cls.build(self.item_vectors, **options)
+            self._retrievers[name] = index
+        return self._retrievers[name]
+
+    @torch.no_grad()
+    def user_vector(self, user_id: str) -> np.ndarray:
+        user = self.user_index.get(str(user_id))
+        if user is None:
+            raise unknown_user(str(user_id), self.user_ids)
+        history = np.array([self.item_index[i] for i in self.histories[str(user_id)]])
+        ids, mask = pad_left([history], self.config.max_history_len)
+        vector = self.model.encode_users(
+            torch.tensor([user]), torch.as_tensor(ids), torch.as_tensor(mask)
+        )
+        return vector.numpy()
+
+    def recommend(
+        self, user_id: str, k: int = 10, exclude_seen: bool = True, retriever: str | None = None
+    ) -> list[Recommendation]:
+        """Top-``k`` items for a known user, best first."""
+        check_k(k)
+        query = self.user_vector(user_id)
+        seen = [self.item_index[i] - 1 for i in self.histories[str(user_id)]]
+        index = self.retriever(retriever or self.config.retriever)
+        ids, scores = index.search(query, k, exclude=[seen] if exclude_seen else None)
+        return [
+            Recommendation(
+                rank=rank,
+                item_id=self.item_ids[row],
+                title=self.items[row]["title"],
+                genres=self.items[row]["genres"],
+                score=float(score),
+            )
+            for rank, (row, score) in enumerate(zip(ids[0], scores[0], strict=True), start=1)
+            if row >= 0
+        ]
+
+
+def load(artifacts_dir: str | Path) -> Recommender:
+    """Load a trained model from its artifacts folder (checksums verified)."""
+    return Recommender(Path(artifacts_dir))
+
+
+def evaluate(
+    artifacts_dir: str | Path, mask_seen: bool | None = None, data_dir: str | None = None
+) -> dict[str, Any]:
+    """Re-evaluate saved artifacts on the test split, re-read from the dataset.
+
+    ``mask_seen`` overrides the saved setting; ``data_dir`` points at the
+    data when it moved since the fit.
+    """
+    recommender = load(artifacts_dir)
+    config = recommender.config
+    overrides: dict[str, Any] = {"download": False}
+    if mask_seen is not None:
+        overrides["mask_seen"] = mask_seen
+    if data_dir is not None:
+        overrides["data_dir"] = data_dir
+    config = config.replace(**overrides)
+    split = prepare(config)
+    if split.user_ids != recommender.user_ids or split.item_ids != recommender.item_ids:
+        raise TwoTowerError(
+            f"the data in {config.data_dir} does not give the split these artifacts were trained on"
+        )
+    metrics = {
+        "model": evaluate_model(recommender.model, split, "test", config),
+        "popularity": evaluate_popularity(split, "test", config),
+    }
+    metrics["mask_seen"] = config.mask_seen
+    metrics["num_users"], metrics["num_items"] = split.num_users, split.num_items
+    return json.loads(json.dumps(metrics))

@@ -1,0 +1,1 @@
+"""Built-in plugins: each module implements the public hooks, like any third party."""

@@ -1,0 +1,6 @@
+from twotower.hookspecs import hookimpl
+
+
+@hookimpl
+def register_formats(register):
+    pass

@@ -1,0 +1,321 @@
+"""The ``twotower`` / ``two-tower`` command: parse flags, call the API, render with rich.
+
+Run settings are the fields of ``TwoTowerConfig``: each is a ``--field-name``
+flag and a key of ``--config FILE.toml`` (flags win). Choices of plugin-backed
+settings are read from the registries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import types
+import typing
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from . import __version__, plugins
+from .config import TwoTowerConfig, read_toml
+from .errors import TwoTowerError
+
+console = Console()
+errors = Console(stderr=True)
+
+# config fields whose values name a registered component
+REGISTRY_OF = {
+    "dataset": "datasets",
+    "user_encoder": "user_encoders",
+    "loss": "losses",
+    "retriever": "retrievers",
+}
+EVALUATE_FIELDS = ("artifacts_dir", "data_dir", "mask_seen")
+RECOMMEND_FIELDS = ("artifacts_dir", "data_dir", "retriever")
+
+
+# --- flags from the config dataclass -----------------------------------------
+
+
+def field_type(annotation: Any) -> type:
+    """``int | None`` -> ``int``."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return next(a for a in typing.get_args(annotation) if a is not type(None))
+    return annotation
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` with VALUE read as JSON when it parses (numbers, booleans), else text."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key.replace("-", "_"), json.loads(value)
+    except json.JSONDecodeError:
+        return key.replace("-", "_"), value
+
+
+def add_config_flags(parser: argparse.ArgumentParser, only: Sequence[str] | None = None) -> None:
+    hints = typing.get_type_hints(TwoTowerConfig)
+    defaults = TwoTowerConfig()
+    group = parser.add_argument_group("run settings (also keys of --config FILE.toml)")
+    for field in dataclasses.fields(TwoTowerConfig):
+        if only is not None and field.name not in only:
+            continue
+        help_text = field.metadata.get("help", "")
+        kwargs: dict[str, Any] = {"dest": field.name, "default": argparse.SUPPRESS}
+        flags = ["--" + field.name.replace("_", "-")]
+        if field.name == "extra":
+            flags = ["--set"]
+            kwargs.update(action="append", type=parse_assignment, metavar="KEY=VALUE")
+        elif field_type(hints[field.name]) is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+            if field.name == "download":
+                flags.append("--download-movielens")  # the original README's spelling
+        else:
+            kwargs["type"] = field_type(hints[field.name])
+            kwargs["metavar"] = field.name.upper()
+            if field.name in REGISTRY_OF:
+                kwargs["choices"] = plugins.registry(REGISTRY_OF[field.name]).names()
+                kwargs["metavar"] = "{" + ",".join(kwargs["choices"]) + "}"
+        default = getattr(defaults, field.name)
+        if field.name != "extra":
+            help_text += f" (default: {default})"
+        group.add_argument(*flags, help=help_text, **kwargs)
+    parser.add_argument("--config", type=Path, metavar="FILE.toml", help="read settings from TOML")
+
+
+def resolve_config(args: argparse.Namespace) -> TwoTowerConfig:
+    """Defaults, then ``--config FILE.toml``, then flags."""
+    values: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        values.update(read_toml(args.config))
+    names = {f.name for f in dataclasses.fields(TwoTowerConfig)}
+    given = {k: v for k, v in vars(args).items() if k in names}
+    if "extra" in given:
+        given["extra"] = {**values.get("extra", {}), **dict(given["extra"])}
+    values.update(given)
+    config = TwoTowerConfig.from_dict(values, source=str(getattr(args, "config", "") or "flags"))
+    for name, kind in REGISTRY_OF.items():
+        plugins.registry(kind).get(getattr(config, name))  # a TOML typo fails here, listing names
+    return config
+
+
+# --- rendering -----------------------------------------------------------------
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2))
+
+
+def print_config(config: TwoTowerConfig) -> None:
+    table = Table(title="resolved config", show_header=False, box=None, pad_edge=False)
+    cells = [f"[dim]{k}[/dim]={v}" for k, v in config.to_dict().items()]
+    for _ in range(3):
+        table.add_column()
+    for row in range(0, len(cells), 3):
+        table.add_row(*cells[row : row + 3])
+    errors.print(table)
+
+
+def metrics_table(title: str, columns: dict[str, dict[str, float]]) -> Table:
+    table = Table(title=title)
+    table.add_column("metric")
+    for name in columns:
+        table.add_column(name, justify="right")
+    keys = [k for k in next(iter(columns.values())) if "@" in k]
+    for key in keys:
+        table.add_row(key, *(f"{column.get(key, float('nan')):.4f}" for column in columns.values()))
+    return table
+
+
+def recommendations_table(title: str, items: list[dict[str, Any]]) -> Table:
+    table = Table(title=title)
+    for name, justify in (("rank", "right"), ("item id", "left"), ("title", "left")):
+        table.add_column(name, justify=justify)
+    table.add_column("genres")
+    table.add_column("score", justify="right")
+    for item in items:
+        genres = ", ".join(item.get("genres", []))
+        row = (str(item["rank"]), item["item_id"], item["title"], genres, f"{item['score']:.4f}")
+        table.add_row(*row)
+    return table
+
+
+# --- commands ------------------------------------------------------------------
+
+
+def cmd_fit(args: argparse.Namespace) -> None:
+    from .api import fit, load
+
+    config = resolve_config(args)
+    if not args.json:
+        print_config(config)
+    result = fit(config, progress=not args.json and not args.no_progress)
+    sample_user = load(result.artifacts_dir).user_ids[0]
+    sample = [r.to_dict() for r in load(result.artifacts_dir).recommend(sample_user, k=10)]
+    if args.json:
+        print_json(
+            {
+                "artifacts_dir": str(result.artifacts_dir),
+                "best_epoch": result.best_epoch,
+                "seconds": round(result.seconds, 1),
+                "valid": result.valid,
+                "test": result.test,
+                "popularity": result.popularity,
+                "sample": {"user_id": sample_user, "items": sample},
+            }
+        )
+        return
+    columns = {
+        "model valid": result.valid,
+        "model test": result.test,
+        "popularity test": result.popularity["test"],
+    }
+    title = (
+        f"{config.user_encoder} + {config.loss}: best epoch {result.best_epoch}, "
+        f"{result.seconds:.0f} s, {result.test['num_users']} users, "
+        f"{result.test['num_items']} items, seen {'masked' if config.mask_seen else 'kept'}"
+    )
+    console.print(metrics_table(title, columns))
+    console.print(recommendations_table(f"sample: top 10 for user {sample_user}", sample))
+    console.print(f"artifacts: {result.artifacts_dir}")
+
+
+def artifacts_dir_of(args: argparse.Namespace) -> Path:
+    if getattr(args, "artifacts_dir", None):
+        return Path(args.artifacts_dir)
+    return Path(getattr(args, "data_dir", None) or TwoTowerConfig.data_dir) / "artifacts"
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from .api import evaluate
+
+    metrics = evaluate(
+        artifacts_dir_of(args),
+        mask_seen=getattr(args, "mask_seen", None),
+        data_dir=getattr(args, "data_dir", None),
+    )
+    if args.json:
+        print_json(metrics)
+        return
+    title = (
+        f"test, {metrics['num_users']} users, {metrics['num_items']} items, "
+        f"seen {'masked' if metrics['mask_seen'] else 'kept'}"
+    )
+    columns = {"model": metrics["model"], "popularity": metrics["popularity"]}
+    console.print(metrics_table(title, columns))
+
+
+def cmd_recommend(args: argparse.Namespace) -> None:
+    from .api import load
+
+    recommender = load(artifacts_dir_of(args))
+    items = recommender.recommend(
+        str(args.user_id),
+        k=args.k,
+        exclude_seen=args.exclude_seen,
+        retriever=getattr(args, "retriever", None),
+    )
+    output = {"user_id": str(args.user_id), "items": [item.to_dict() for item in items]}
+    if args.json:
+        print_json(output)
+    else:
+        console.print(
+            recommendations_table(f"top {args.k} for user {args.user_id}", output["items"])
+        )
+
+
+def cmd_plugins(args: argparse.Namespace) -> None:
+    infos, problems = plugins.plugin_table()
+    shown = [info for info in infos if args.all or not info.builtin]
+    if args.json:
+        print_json({"plugins": [dataclasses.asdict(info) for info in shown], "problems": problems})
+        return
+    table = Table(title="twotower plugins")
+    for column in ("plugin", "version", "registers", "status"):
+        table.add_column(column)
+    for info in shown:
+        registers = "\n".join(
+            f"{kind.replace('_', ' ')}: {', '.join(names)}"
+            for kind, names in info.registered.items()
+            if names
+        )
+        status = f"[red]failed: {info.error}[/red]" if info.error else "ok"
+        table.add_row(info.name, info.version, registers or "-", status)
+    console.print(table)
+    if not args.all:
+        console.print("[dim]built-in plugins hidden; --all shows them[/dim]")
+    for problem in problems:
+        errors.print(f"[red]problem:[/red] {problem}", highlight=False)
+
+
+# --- the parser ----------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="twotower",
+        description="Two-tower retrieval recommenders: fit, evaluate, recommend.",
+    )
+    parser.add_argument("--version", action="version", version=f"twotower {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, run: Callable, help_text: str, aliases=()) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text, aliases=aliases)
+        sub.set_defaults(run=run)
+        return sub
+
+    fit = command("fit", cmd_fit, "train a model, evaluate it, write its artifacts", ["train"])
+    add_config_flags(fit)
+    fit.add_argument("--json", action="store_true", help="print the results as JSON only")
+    fit.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    evaluate = command("evaluate", cmd_evaluate, "re-evaluate saved artifacts on the test split")
+    add_config_flags(evaluate, EVALUATE_FIELDS)
+    evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+    recommend = command("recommend", cmd_recommend, "top-K items for a user")
+    add_config_flags(recommend, RECOMMEND_FIELDS)
+    recommend.add_argument("--user-id", required=True, help="raw user id, as in the data")
+    recommend.add_argument("--k", type=int, default=10, help="how many items (default: 10)")
+    recommend.add_argument(
+        "--exclude-seen",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="leave out items the user already has (default: on)",
+    )
+    recommend.add_argument("--json", action="store_true", help="print JSON")
+
+    listing = command("plugins", cmd_plugins, "list plugins and what each registers")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.add_argument("--all", action="store_true", help="include the built-in plugins")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=errors, show_time=False, show_path=False)],
+    )
+    try:
+        args = build_parser().parse_args(argv)
+        args.run(args)
+    except TwoTowerError as exc:
+        errors.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        return 1
+    except KeyboardInterrupt:
+        errors.print("interrupted")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""TwoTowerConfig: every hyper-parameter and path of a run, in one dataclass.
+
+It is the single source of truth for defaults: the CLI builds its flags from
+these fields, `--config FILE.toml` uses the same keys, and the resolved config
+is saved with the artifacts as JSON so a run can be reproduced or re-loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import TwoTowerError
+
+
+def opt(default: Any, help: str) -> Any:
+    """A config field with its ``--help`` text; the CLI builds its flags from these."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TwoTowerConfig:
+    """Every setting of a run. Field names are the TOML keys; flags are ``--field-name``."""
+
+    # --- data ---------------------------------------------------------------
+    dataset: str = opt("movielens-100k", "dataset plugin to read")
+    data_dir: str = opt("./data", "folder for downloaded data and the default artifacts")
+    artifacts_dir: str | None = opt(None, "where artifacts go (default: <data-dir>/artifacts)")
+    download: bool = opt(True, "fetch MovieLens-100K when it is not in --data-dir")
+    interactions: str | None = opt(None, "interactions file (CSV or Parquet) for dataset 'files'")
+    items: str | None = opt(None, "item metadata file: item id, title, genres separated by |")
+    user_col: str | None = opt(None, "user column (default: user, user_id, userId)")
+    item_col: str | None = opt(None, "item column (default: item, item_id, itemId, movieId)")
+    time_col: str | None = opt(None, "timestamp column (default: timestamp, time)")
+    rating_col: str | None = opt(None, "rating column (default: rating; none = all positive)")
+    title_col: str | None = opt(None, "title column of the items file (default: title)")
+    genres_col: str | None = opt(None, "genres column of the items file (default: genres)")
+    min_rating: float = opt(4.0, "implicit positives are ratings >= this")
+    min_user_positives: int = opt(3, "users with fewer positives are dropped (at least 3)")
+    max_history_len: int = opt(50, "most recent history items the user tower reads")
+
+    # --- model --------------------------------------------------------------
+    user_encoder: str = opt("transformer", "user encoder plugin")
+    embedding_dim: int = opt(64, "width of both towers")
+    num_layers: int = opt(2, "Transformer blocks / GRU layers")
+    num_heads: int = opt(4, "attention heads")
+    dropout: float = opt(0.1, "dropout in both towers")
+    pooling: str = opt("mean", "Transformer pooling: mean (of the history) or last (item)")
+    causal: bool = opt(True, "Transformer attends to earlier items only (allows sequence training)")
+    use_user_id: bool = opt(True, "join a learned user-ID embedding to the history summary")
+    use_item_features: bool = opt(True, "add genre embeddings in the item tower")
+    temperature: float = opt(0.07, "initial softmax temperature")
+    learn_temperature: bool = opt(True, "learn the temperature")
+    min_temperature: float = opt(0.01, "lower clamp of the learned temperature")
+    max_temperature: float = opt(1.0, "upper clamp of the learned temperature")
+
+    # --- training -----------------------------------------------------------
+    loss: str = opt("inbatch-softmax", "loss plugin")
+    train_mode: str = opt(
+        "auto", "prefix (one example per target), sequence (causal windows) or auto"
+    )
+    mask_accidental_hits: bool = opt(
+        True, "an item that is two rows' positive is neither's negative"
+    )
+    num_negatives: int = opt(256, "uniform negatives per batch of the mixed-negatives loss")
+    batch_size: int = opt(256, "examples per batch (windows per batch in sequence mode)")
+    lr: float = opt(1e-3, "AdamW learning rate")
+    weight_decay: float = opt(0.01, "AdamW weight decay")
+    epochs: int = opt(30, "most epochs to train")
+    patience: int = opt(3, "stop after this many epochs without a better valid Recall@K")
+    seed: int = opt(0, "random seed (same seed and threads give the same metrics on CPU)")
+    device: str = opt("cpu", "torch device: cpu, cuda, cuda:1, mps")
+    num_threads: int | None = opt(None, "torch CPU threads (default: torch's choice)")
+
+    # --- evaluation and retrieval ------------------------------------------
+    k_eval: int = opt(10, "headline K of Recall/MRR/NDCG (20 and 50 are reported too)")
+    mask_seen: bool = opt(True, "remove each user's earlier positives from the ranking")
+    retriever: str = opt("exact", "retriever plugin used by recommend")
+    hnsw_m: int = opt(16, "HNSW graph degree M")
+    hnsw_ef_construction: int = opt(200, "HNSW candidate list size while building")
+    hnsw_ef: int = opt(100, "HNSW candidate list size while searching")
+
+    extra: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "options for plugins, as KEY=VALUE"}
+    )
+
+    @property
+    def resolved_artifacts_dir(self) -> Path:
+        if self.artifacts_dir:
+            return Path(self.artifacts_dir)
+        return Path(self.data_dir) / "artifacts"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> TwoTowerConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise TwoTowerError(f"{source}: unknown key(s) {', '.join(unknown)}")
+        return cls(**values)
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> TwoTowerConfig:
+        return cls.from_dict(read_toml(path), source=str(path))
+
+    def replace(self, **changes: Any) -> TwoTowerConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML config file; keys may use dashes or underscores."""
+    path = Path(path)
+    try:
+        values = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TwoTowerError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise TwoTowerError(f"{path}: not valid TOML ({exc})") from None
+    return {key.replace("-", "_"): value for key, value in values.items()}

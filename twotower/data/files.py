@@ -1,0 +1,123 @@
+"""Your own data: an interactions file (CSV or Parquet) and an optional items file.
+
+Column names are configurable; without flags the usual spellings are
+recognised, so MovieLens' own ``ratings.csv`` and ``movies.csv`` load as they
+are. Ids may be any strings.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from ..errors import TwoTowerError
+from .dataset import Dataset, normalise_interactions
+
+ALIASES = {
+    "user": ("user", "user_id", "userId", "userid", "UserID"),
+    "item": ("item", "item_id", "itemId", "itemid", "movieId", "movie_id", "MovieID"),
+    "timestamp": ("timestamp", "time", "ts", "Timestamp"),
+    "rating": ("rating", "Rating", "score"),
+    "title": ("title", "movie_title", "name", "Title"),
+    "genres": ("genres", "genre", "class", "Genres"),
+}
+
+
+def read_file(path: Path) -> pd.DataFrame:
+    """Read a CSV/TSV or Parquet file with every CSV column as text."""
+    if not path.is_file():
+        raise TwoTowerError(f"file not found: {path}")
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            return pd.read_parquet(path)
+        sep = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
+        return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""])
+    except Exception as exc:  # pandas/pyarrow raise many types for unreadable files
+        raise TwoTowerError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from None
+
+
+def pick_column(frame: pd.DataFrame, role: str, chosen: str | None, path: Path, required: bool):
+    """The column playing ``role``: the one the user named, else a known alias."""
+    if chosen is not None:
+        if chosen not in frame.columns:
+            raise TwoTowerError(
+                f"{path}: no column {chosen!r} (for {role}); columns are {list(frame.columns)}"
+            )
+        return chosen
+    for alias in ALIASES[role]:
+        if alias in frame.columns:
+            return alias
+    if required:
+        raise TwoTowerError(
+            f"{path}: missing {role} column (looked for {', '.join(ALIASES[role])}; "
+            f"columns are {list(frame.columns)})"
+        )
+    return None
+
+
+def load_interactions(
+    path: Path,
+    user_col: str | None = None,
+    item_col: str | None = None,
+    time_col: str | None = None,
+    rating_col: str | None = None,
+) -> pd.DataFrame:
+    frame = read_file(path)
+    columns = {
+        "user": pick_column(frame, "user", user_col, path, required=True),
+        "item": pick_column(frame, "item", item_col, path, required=True),
+        "timestamp": pick_column(frame, "timestamp", time_col, path, required=True),
+        "rating": pick_column(frame, "rating", rating_col, path, required=False),
+    }
+    picked = pd.DataFrame({role: frame[col] for role, col in columns.items() if col is not None})
+    return normalise_interactions(picked, str(path), has_rating=columns["rating"] is not None)
+
+
+def load_items(
+    path: Path,
+    item_col: str | None = None,
+    title_col: str | None = None,
+    genres_col: str | None = None,
+) -> pd.DataFrame:
+    frame = read_file(path)
+    item = pick_column(frame, "item", item_col, path, required=True)
+    title = pick_column(frame, "title", title_col, path, required=False)
+    genres = pick_column(frame, "genres", genres_col, path, required=False)
+    items = pd.DataFrame({"item": frame[item].astype(str).str.strip()})
+    items["title"] = frame[title].fillna("").astype(str) if title else items["item"]
+    if genres:
+        items["genres"] = [_split_genres(value) for value in frame[genres]]
+    else:
+        items["genres"] = [[] for _ in range(len(items))]
+    duplicated = items["item"].duplicated()
+    if duplicated.any():
+        row = int(duplicated.to_numpy().nonzero()[0][0]) + 2
+        raise TwoTowerError(f"{path}: row {row}: item {items['item'][row - 2]!r} listed twice")
+    return items
+
+
+def _split_genres(value) -> list[str]:
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return []
+    if not isinstance(value, str):  # Parquet list column
+        return [str(v) for v in value]
+    genres = [g.strip() for g in value.split("|")]
+    return [g for g in genres if g and g != "(no genres listed)"]
+
+
+def load(config) -> Dataset:
+    """The ``files`` dataset: ``config.interactions`` (+ ``config.items``)."""
+    if not config.interactions:
+        raise TwoTowerError("the files dataset needs --interactions FILE (CSV or Parquet)")
+    interactions = load_interactions(
+        Path(config.interactions),
+        config.user_col,
+        config.item_col,
+        config.time_col,
+        config.rating_col,
+    )
+    items = None
+    if config.items:
+        items = load_items(Path(config.items), config.item_col, config.title_col, config.genres_col)
+    return Dataset(Path(config.interactions).stem, interactions, items)

@@ -1,0 +1,214 @@
+"""The plugin manager and the registries built from it.
+
+Built-in components are plugins like any other: the modules in
+``DEFAULT_PLUGINS`` implement the hooks of ``hookspecs.py`` exactly as a
+third-party package does through an entry point of group ``twotower``.
+
+``TWOTOWER_PLUGINS`` (comma-separated entry-point names) limits which
+third-party plugins load; set it to an empty string to load none.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import warnings
+from dataclasses import dataclass, field
+from functools import cache
+from importlib.metadata import entry_points
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .errors import TwoTowerError
+
+DEFAULT_PLUGINS = (
+    "twotower.builtins.user_encoders",
+    "twotower.builtins.losses",
+    "twotower.builtins.retrievers",
+    "twotower.builtins.formats",
+    "twotower.builtins.datasets",
+)
+
+# registry kind -> (hook name, singular noun used in messages)
+KINDS = {
+    "user_encoders": ("register_user_encoders", "user encoder"),
+    "losses": ("register_losses", "loss"),
+    "retrievers": ("register_retrievers", "retriever"),
+    "formats": ("register_formats", "format"),
+    "datasets": ("register_datasets", "dataset"),
+}
+
+
+@dataclass
+class PluginInfo:
+    """One loaded (or failed) plugin, as `twotower plugins` shows it."""
+
+    name: str
+    version: str
+    builtin: bool
+    error: str | None = None
+    registered: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass
+class Manager:
+    pm: pluggy.PluginManager
+    plugins: dict[str, PluginInfo]
+
+
+@cache
+def get_manager() -> Manager:
+    """Create the plugin manager: built-ins first, then entry points."""
+    pm = pluggy.PluginManager("twotower")
+    pm.add_hookspecs(hookspecs)
+    plugins: dict[str, PluginInfo] = {}
+    from . import __version__
+
+    for module_name in DEFAULT_PLUGINS:
+        pm.register(importlib.import_module(module_name), module_name)
+        plugins[module_name] = PluginInfo(module_name, __version__, builtin=True)
+    pm.check_pending()
+
+    allowed = os.environ.get("TWOTOWER_PLUGINS")
+    allowed_names = None if allowed is None else {n for n in allowed.split(",") if n}
+    for ep in entry_points(group="twotower"):
+        if allowed_names is not None and ep.name not in allowed_names:
+            continue
+        version = ep.dist.version if ep.dist else "?"
+        plugins[ep.name] = PluginInfo(ep.name, version, builtin=False)
+        try:
+            pm.register(ep.load(), ep.name)
+            pm.check_pending()
+        except Exception as exc:  # a broken plugin must not break the rest
+            if pm.get_plugin(ep.name) is not None:
+                pm.unregister(name=ep.name)
+            _report_failure(plugins, ep.name, f"{type(exc).__name__}: {exc}")
+    return Manager(pm, plugins)
+
+
+def _report_failure(plugins: dict[str, PluginInfo], plugin: str, error: str) -> None:
+    """Record a broken plugin (shown by `twotower plugins`) and warn; never raise."""
+    info = plugins.setdefault(plugin, PluginInfo(plugin, "?", builtin=False))
+    info.error = error
+    warnings.warn(f"twotower plugin {plugin!r} failed: {error}", stacklevel=3)
+
+
+def add_plugin(plugin: Any, name: str) -> None:
+    """Register a plugin object at run time (tests, notebooks); resets registries."""
+    manager = get_manager()
+    manager.pm.register(plugin, name)
+    try:
+        manager.pm.check_pending()
+    except Exception:
+        manager.pm.unregister(name=name)
+        raise
+    manager.plugins[name] = PluginInfo(name, "runtime", builtin=False)
+    registry.cache_clear()
+
+
+def remove_plugin(name: str) -> None:
+    manager = get_manager()
+    manager.pm.unregister(name=name)
+    manager.plugins.pop(name, None)
+    registry.cache_clear()
+
+
+class Registry:
+    """Named components of one kind, each remembered with the plugin that registered it."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.noun = KINDS[kind][1]
+        self._entries: dict[str, tuple[Any, str]] = {}
+
+    def add(self, name: str, component: Any, plugin: str) -> None:
+        if name in self._entries:
+            first = self._entries[name][1]
+            raise TwoTowerError(
+                f"{self.noun} {name!r} is registered twice: by plugin {first!r} and by {plugin!r}"
+            )
+        self._entries[name] = (component, plugin)
+
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def plugin_of(self, name: str) -> str:
+        self.get(name)
+        return self._entries[name][1]
+
+    def get(self, name: str) -> Any:
+        if name not in self._entries:
+            available = ", ".join(self.names()) or "none"
+            raise TwoTowerError(f"unknown {self.noun} {name!r}; available: {available}")
+        return self._entries[name][0]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+
+@cache
+def registry(kind: str) -> Registry:
+    """Build the registry of one kind by calling its hook on every plugin."""
+    manager = get_manager()
+    hook_name = KINDS[kind][0]
+    result = Registry(kind)
+    for impl in getattr(manager.pm.hook, hook_name).get_hookimpls():
+        collected: list[tuple[str, Any]] = []
+        try:
+            impl.function(
+                register=lambda name, component, into=collected: into.append((name, component))
+            )
+        except Exception as exc:  # a plugin whose hook raises is reported, not fatal
+            _report_failure(manager.plugins, impl.plugin_name, f"{hook_name} raised {exc!r}")
+            continue
+        for name, component in collected:
+            result.add(name, component, impl.plugin_name)
+        info = manager.plugins.get(impl.plugin_name)
+        if info is not None:
+            info.registered[kind] = [name for name, _ in collected]
+    return result
+
+
+def user_encoders() -> Registry:
+    return registry("user_encoders")
+
+
+def losses() -> Registry:
+    return registry("losses")
+
+
+def retrievers() -> Registry:
+    return registry("retrievers")
+
+
+def formats() -> Registry:
+    return registry("formats")
+
+
+def datasets() -> Registry:
+    return registry("datasets")
+
+
+def plugin_table() -> tuple[list[PluginInfo], list[str]]:
+    """Every plugin with what it registers, and the registry errors (duplicate names)."""
+    problems = []
+    for kind in KINDS:
+        try:
+            registry(kind)
+        except TwoTowerError as exc:
+            problems.append(str(exc))
+    return list(get_manager().plugins.values()), problems
+
+
+def component_options(config: Any, name: str) -> dict[str, Any]:
+    """Options for component ``name``: config fields and ``extra`` keys named ``<name>_*``.
+
+    ``hnsw_ef=50`` in the config becomes ``ef=50`` for the ``hnsw`` retriever;
+    a plugin retriever ``faiss`` reads ``extra["faiss_nprobe"]`` the same way.
+    """
+    prefix = name.replace("-", "_") + "_"
+    values = {k: v for k, v in vars(config).items() if k != "extra"}
+    values.update(getattr(config, "extra", {}) or {})
+    return {k[len(prefix) :]: v for k, v in values.items() if k.startswith(prefix)}

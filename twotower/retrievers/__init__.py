@@ -1,0 +1,37 @@
+"""Top-K search backends (torch-free: the serving runtime uses them)."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+
+import numpy as np
+
+Exclude = Sequence[Collection[int]] | None
+
+
+def select_top_k(scores: np.ndarray, k: int, exclude: Exclude) -> tuple[np.ndarray, np.ndarray]:
+    """Best ``k`` columns per row of ``scores[Q, N]``, skipping excluded ones.
+
+    Returns ``(ids[Q, k] int64, scores[Q, k] float32)``; when fewer than
+    ``k`` columns are left the tail holds id -1 and score -inf.
+    """
+    scores = np.array(scores, dtype=np.float32)  # a copy: exclusion writes into it
+    if exclude is not None:
+        for row, excluded in enumerate(exclude):
+            if len(excluded):
+                scores[row, np.fromiter(excluded, dtype=np.int64)] = -np.inf
+    width = min(k, scores.shape[1])
+    if width < scores.shape[1]:
+        candidates = np.argpartition(-scores, width - 1, axis=1)[:, :width]
+    else:
+        candidates = np.broadcast_to(np.arange(scores.shape[1]), scores.shape).copy()
+    candidate_scores = np.take_along_axis(scores, candidates, axis=1)
+    # by score, then by id, so ties come out in a stable order
+    order = np.lexsort((candidates, -candidate_scores), axis=1)
+    ids = np.take_along_axis(candidates, order, axis=1).astype(np.int64)
+    top = np.take_along_axis(candidate_scores, order, axis=1)
+    ids[~np.isfinite(top)] = -1
+    if width < k:
+        ids = np.pad(ids, ((0, 0), (0, k - width)), constant_values=-1)
+        top = np.pad(top, ((0, 0), (0, k - width)), constant_values=-np.inf)
+    return ids, top.astype(np.float32)

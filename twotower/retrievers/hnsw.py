@@ -1,0 +1,102 @@
+"""Approximate search with hnswlib (inner-product HNSW graph).
+
+Seen items are excluded by over-fetching ``k + |excluded|`` neighbours and
+dropping them, which measured cheaper than hnswlib's filter callback; ``ef``
+is raised to the fetch size so the graph can return that many. If the graph
+still returns too few (hnswlib raises), the query falls back to exact search
+over the stored vectors, so a query is never short of results while the
+catalog has enough unexcluded items.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import hnswlib
+import numpy as np
+
+from . import Exclude, select_top_k
+
+INDEX_FILE = "hnsw_index.bin"
+PARAMS_FILE = "hnsw_index.json"
+
+
+@dataclass
+class HnswOptions:
+    m: int = 16  # graph degree: more is more accurate, bigger and slower to build
+    ef_construction: int = 200  # candidate list while building
+    ef: int = 100  # candidate list while searching (raised to k + |excluded|)
+    seed: int = 0
+
+
+class HnswRetriever:
+    def __init__(self, index: hnswlib.Index, options: HnswOptions):
+        self.index = index
+        self.options = options
+        self._lock = threading.Lock()  # set_ef + knn_query must not interleave
+
+    @classmethod
+    def build(cls, item_vectors: np.ndarray, **params) -> HnswRetriever:
+        options = HnswOptions(
+            **{k: v for k, v in params.items() if k in HnswOptions.__annotations__}
+        )
+        vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)
+        index = hnswlib.Index(space="ip", dim=vectors.shape[1])
+        index.init_index(
+            max_elements=len(vectors),
+            M=options.m,
+            ef_construction=options.ef_construction,
+            random_seed=options.seed,
+        )
+        index.add_items(vectors, np.arange(len(vectors)), num_threads=1)
+        index.set_ef(options.ef)
+        return cls(index, options)
+
+    def __len__(self) -> int:
+        return self.index.get_current_count()
+
+    def search(
+        self, queries: np.ndarray, k: int, exclude: Exclude = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        size = len(self)
+        most_excluded = max((len(e) for e in exclude), default=0) if exclude is not None else 0
+        fetch = min(size, k + most_excluded)
+        try:
+            with self._lock:
+                self.index.set_ef(max(self.options.ef, fetch))
+                labels, distances = self.index.knn_query(queries, k=fetch, num_threads=1)
+        except RuntimeError:  # the graph returned fewer than `fetch` neighbours
+            vectors = np.asarray(self.index.get_items(np.arange(size)), dtype=np.float32)
+            return select_top_k(queries @ vectors.T, k, exclude)
+        ids = np.full((len(queries), k), -1, dtype=np.int64)
+        scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        for row in range(len(queries)):
+            found, similarity = labels[row].astype(np.int64), 1.0 - distances[row]
+            if exclude is not None and len(exclude[row]):
+                keep = ~np.isin(found, np.fromiter(exclude[row], dtype=np.int64))
+                found, similarity = found[keep], similarity[keep]
+            n = min(k, len(found))  # neighbours come sorted, best first
+            ids[row, :n], scores[row, :n] = found[:n], similarity[:n]
+        return ids, scores
+
+    def save(self, directory: Path) -> list[Path]:
+        directory = Path(directory)
+        self.index.save_index(str(directory / INDEX_FILE))
+        params = {"dim": self.index.dim, "count": len(self), **asdict(self.options)}
+        (directory / PARAMS_FILE).write_text(json.dumps(params, indent=2))
+        return [directory / INDEX_FILE, directory / PARAMS_FILE]
+
+    @classmethod
+    def load(cls, directory: Path) -> HnswRetriever:
+        directory = Path(directory)
+        params = json.loads((directory / PARAMS_FILE).read_text())
+        index = hnswlib.Index(space="ip", dim=params.pop("dim"))
+        count = params.pop("count")
+        index.load_index(str(directory / INDEX_FILE), max_elements=count)
+        options = HnswOptions(**params)
+        index.set_ef(options.ef)
+        return cls(index, options)

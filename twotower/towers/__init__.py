@@ -1,0 +1,1 @@
+"""The item tower, the user encoders and the model that pairs them."""

@@ -1,0 +1,40 @@
+"""The GRU user encoder: the hidden state after the last valid history item.
+
+``pack_padded_sequence`` does not export to ONNX, so the left-padded history
+is rotated into right padding with a gather, run through the GRU, and the
+output at the last valid step is gathered back. An empty history reads the
+output after the padding token, which is finite.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .user import UserHead
+
+
+class GRUEncoder(nn.Module):
+    def __init__(self, config, item_embedding: nn.Embedding, num_users: int):
+        super().__init__()
+        dim = item_embedding.embedding_dim
+        self.item_embedding = item_embedding
+        self.dropout = nn.Dropout(config.dropout)
+        self.gru = nn.GRU(dim, dim, num_layers=config.num_layers, batch_first=True)
+        self.head = UserHead(dim, num_users, config.use_user_id, config.dropout)
+
+    def forward(
+        self, user_ids: torch.Tensor, history: torch.Tensor, history_mask: torch.Tensor
+    ) -> torch.Tensor:
+        length = history.shape[1]
+        lengths = history_mask.sum(dim=1)  # [B]
+        # right-pad: row b reads columns (j + L - len_b) mod L
+        steps = torch.arange(length, device=history.device).unsqueeze(0)  # [1, L]
+        source = (steps + length - lengths.unsqueeze(1)) % length  # [B, L]
+        right_padded = torch.gather(history, 1, source)
+        x = self.dropout(self.item_embedding(right_padded))  # [B, L, d]
+        outputs, _ = self.gru(x)  # [B, L, d]
+        last = (lengths - 1).clamp(min=0)  # [B]
+        index = last.view(-1, 1, 1).expand(-1, 1, outputs.shape[2])  # [B, 1, d]
+        summary = torch.gather(outputs, 1, index).squeeze(1)  # [B, d]
+        return self.head(summary, user_ids)

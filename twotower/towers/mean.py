@@ -1,0 +1,27 @@
+"""The bag-of-items user encoder: the mean of the history's item embeddings.
+
+A fast baseline with no sequence model: it shows how much the Transformer
+and GRU add.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .user import UserHead, masked_mean
+
+
+class MeanEncoder(nn.Module):
+    def __init__(self, config, item_embedding: nn.Embedding, num_users: int):
+        super().__init__()
+        dim = item_embedding.embedding_dim
+        self.item_embedding = item_embedding
+        self.dropout = nn.Dropout(config.dropout)
+        self.head = UserHead(dim, num_users, config.use_user_id, config.dropout)
+
+    def forward(
+        self, user_ids: torch.Tensor, history: torch.Tensor, history_mask: torch.Tensor
+    ) -> torch.Tensor:
+        x = self.dropout(self.item_embedding(history))  # [B, L, d]
+        return self.head(masked_mean(x, history_mask), user_ids)

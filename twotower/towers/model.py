@@ -1,0 +1,58 @@
+"""TwoTowerModel: an item tower and a user encoder scored by ``u·v / τ``."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from .item import ItemTower
+
+
+class TwoTowerModel(nn.Module):
+    """The pair of towers and the learned temperature.
+
+    ``encode_users`` and ``encode_items`` are the whole contract that
+    training, evaluation and export call; both return L2-normalised vectors.
+    """
+
+    def __init__(
+        self,
+        config,
+        num_users: int,
+        num_items: int,
+        item_genres: np.ndarray,
+        encoder_class: type[nn.Module],
+    ):
+        super().__init__()
+        self.num_users = num_users
+        self.num_items = num_items
+        item_embedding = nn.Embedding(num_items + 1, config.embedding_dim, padding_idx=0)
+        features = item_genres if config.use_item_features else item_genres[:, :0]
+        self.item_tower = ItemTower(item_embedding, features, config.dropout)
+        self.user_tower = encoder_class(config, item_embedding, num_users)
+        self.log_temperature = nn.Parameter(
+            torch.tensor(math.log(config.temperature)), requires_grad=config.learn_temperature
+        )
+        self.temperature_range = (config.min_temperature, config.max_temperature)
+
+    @property
+    def temperature(self) -> torch.Tensor:
+        low, high = self.temperature_range
+        return self.log_temperature.exp().clamp(low, high)
+
+    def encode_items(self, item_ids: torch.Tensor) -> torch.Tensor:
+        return self.item_tower(item_ids)  # [N, d]
+
+    def encode_users(
+        self, user_ids: torch.Tensor, history: torch.Tensor, history_mask: torch.Tensor
+    ) -> torch.Tensor:
+        return self.user_tower(user_ids, history, history_mask)  # [B, d]
+
+    @torch.no_grad()
+    def catalog_vectors(self, batch_size: int = 4096) -> torch.Tensor:
+        """Vectors of items 1..N (row i is item index i + 1)."""
+        ids = torch.arange(1, self.num_items + 1, device=self.log_temperature.device)
+        return torch.cat([self.encode_items(chunk) for chunk in ids.split(batch_size)])

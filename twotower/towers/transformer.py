@@ -1,0 +1,113 @@
+"""The Transformer user encoder (DESIGN.md, "The model"; SASRec-style attention).
+
+History tokens are the shared item embeddings plus learned positions (0 = the
+oldest item of the window), run through pre-norm Transformer blocks, pooled,
+joined with the user-ID embedding and projected.
+
+With ``causal`` attention (the default) position t only sees items up to t,
+so one pass over a window yields the user vector after every prefix
+(``encode_sequence``), which is how sequence training gets ~25x more examples
+per second than encoding each prefix separately. ``forward`` returns the
+vector after the whole history, which equals the last position of
+``encode_sequence``.
+
+Every query may attend to itself, so no attention row is ever fully masked:
+an all-padding history (a cold user) stays finite in exported graphs too.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .user import UserHead
+
+POOLINGS = ("mean", "last")
+
+
+class Block(nn.Module):
+    """Pre-norm self-attention + GELU feed-forward, each with a residual."""
+
+    def __init__(self, dim: int, num_heads: int, dropout: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.attention_norm = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.projection = nn.Linear(dim, dim)
+        self.feed_forward_norm = nn.LayerNorm(dim)
+        self.feed_forward = nn.Sequential(
+            nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim)
+        )
+        self.residual_dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        batch, length, dim = x.shape
+        qkv = self.qkv(self.attention_norm(x))  # [B, L, 3d]
+        qkv = qkv.reshape(batch, length, 3, self.num_heads, dim // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, L, d/H]
+        attended = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=allowed, dropout_p=self.dropout if self.training else 0.0
+        )  # [B, H, L, d/H]
+        attended = attended.transpose(1, 2).reshape(batch, length, dim)  # [B, L, d]
+        x = x + self.residual_dropout(self.projection(attended))
+        return x + self.residual_dropout(self.feed_forward(self.feed_forward_norm(x)))
+
+
+class TransformerEncoder(nn.Module):
+    def __init__(self, config, item_embedding: nn.Embedding, num_users: int):
+        super().__init__()
+        if config.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, not {config.pooling!r}")
+        dim = item_embedding.embedding_dim
+        self.item_embedding = item_embedding
+        self.pooling = config.pooling
+        self.causal = config.causal
+        self.max_len = config.max_history_len
+        self.position_embedding = nn.Embedding(config.max_history_len, dim)
+        self.input_dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(
+            Block(dim, config.num_heads, config.dropout) for _ in range(config.num_layers)
+        )
+        self.output_norm = nn.LayerNorm(dim)
+        self.head = UserHead(dim, num_users, config.use_user_id, config.dropout)
+
+    def summaries(self, history: torch.Tensor, history_mask: torch.Tensor) -> torch.Tensor:
+        """[B, L, d]: the pooled history after each position (meaningful at valid ones)."""
+        history = history[:, -self.max_len :]  # longer histories keep their recent items
+        mask = history_mask[:, -self.max_len :]
+        length = history.shape[1]
+        positions = (mask.long().cumsum(dim=1) - 1).clamp(min=0)  # [B, L], 0 = oldest item
+        x = self.item_embedding(history) + self.position_embedding(positions)  # [B, L, d]
+        x = self.input_dropout(x)
+        steps = torch.arange(length, device=history.device)
+        itself = steps.unsqueeze(1) == steps.unsqueeze(0)  # [L, L]
+        allowed = mask.unsqueeze(1) | itself  # [B, L(query), L(key)]
+        if self.causal:
+            allowed = allowed & (steps.unsqueeze(1) >= steps.unsqueeze(0))
+        allowed = allowed.unsqueeze(1)  # [B, 1, L, L], broadcast over heads
+        for block in self.blocks:
+            x = block(x, allowed)
+        x = self.output_norm(x)
+        if self.pooling == "last":
+            return x
+        # mean over the valid positions seen so far (all of them when not causal)
+        x = x.masked_fill(~mask.unsqueeze(-1), 0.0)
+        counts = mask.long().cumsum(dim=1).clamp(min=1).unsqueeze(-1).to(x.dtype)  # [B, L, 1]
+        if self.causal:
+            return x.cumsum(dim=1) / counts
+        return (x.sum(dim=1, keepdim=True) / counts[:, -1:]).expand_as(x)
+
+    def forward(
+        self, user_ids: torch.Tensor, history: torch.Tensor, history_mask: torch.Tensor
+    ) -> torch.Tensor:
+        return self.head(self.summaries(history, history_mask)[:, -1], user_ids)  # [B, d]
+
+    def encode_sequence(
+        self, user_ids: torch.Tensor, history: torch.Tensor, history_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """[B, L, d]: the user vector after each prefix of the history (causal only)."""
+        summaries = self.summaries(history, history_mask)  # [B, L, d]
+        users = user_ids.unsqueeze(1).expand(-1, summaries.shape[1])  # [B, L]
+        return self.head(summaries, users)

@@ -1,0 +1,40 @@
+"""Pieces every built-in user encoder shares: the user-ID head and masked pooling."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .item import mlp
+
+
+class UserHead(nn.Module):
+    """``normalize(MLP([summary ; E_user(user_id)]))``.
+
+    User index 0 is the unknown (cold) user: its embedding row is fixed at
+    zero, so a cold user is described by the history alone.
+    """
+
+    def __init__(self, dim: int, num_users: int, use_user_id: bool, dropout: float):
+        super().__init__()
+        self.user_embedding = (
+            nn.Embedding(num_users + 1, dim, padding_idx=0) if use_user_id else None
+        )
+        self.mlp = mlp(2 * dim if use_user_id else dim, dim, dropout)
+
+    def forward(self, summary: torch.Tensor, user_ids: torch.Tensor) -> torch.Tensor:
+        if self.user_embedding is not None:
+            summary = torch.cat([summary, self.user_embedding(user_ids)], dim=-1)  # [B, 2d]
+        return F.normalize(self.mlp(summary), dim=-1)
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values[B, L, d]`` over valid positions; an empty row gives zeros.
+
+    ``masked_fill`` (rather than multiplying by the mask) keeps an all-padding
+    row finite in exported graphs.
+    """
+    summed = values.masked_fill(~mask.unsqueeze(-1), 0.0).sum(dim=1)  # [B, d]
+    count = mask.sum(dim=1, keepdim=True).clamp(min=1).to(values.dtype)  # [B, 1]
+    return summed / count
