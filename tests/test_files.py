@@ -165,11 +165,6 @@ def test_parquet_with_typed_columns(tmp_path):
     assert [list(g) for g in dataset.items["genres"]] == [["A", "B"], []]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG files.load_items: item ids are converted with astype(str) (10.0 -> '10.0') "
-    "while interactions use dataset._as_id (10.0 -> '10'), so metadata silently drops",
-)
 def test_parquet_items_with_float_ids_match_the_interactions(tmp_path):
     path = tmp_path / "x.parquet"
     pd.DataFrame({"user": ["a"] * 3, "item": [1.0, 2.0, 3.0], "timestamp": [1, 2, 3]}).to_parquet(
@@ -252,7 +247,7 @@ def test_empty_rating_is_reported_with_its_row(tmp_path):
 def test_empty_id_is_reported_with_its_row(tmp_path):
     path = write(tmp_path / "x.csv", "user,item,timestamp\n1,1,10\n,2,11\n")
     message = message_of(files.load_interactions, path)
-    assert message == f"{path}: row 3, column 'user' is empty"
+    assert message == f"{path}: row 3, column 'user': empty value"
 
 
 def test_non_numeric_rating_in_parquet_names_the_file_and_column(tmp_path):

@@ -349,11 +349,6 @@ def test_when_every_source_fails_the_error_lists_each_one(tmp_path):
     assert leftovers(data_dir) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG movielens._staging.__exit__: renaming the staging folder onto an existing "
-    "non-empty data_dir/ml-100k raises and the .staging-* folder is left behind",
-)
 def test_fetch_next_to_an_existing_folder_leaves_no_staging(tmp_path):
     data_dir = tmp_path / "data"
     mine = data_dir / "ml-100k" / "notes.txt"

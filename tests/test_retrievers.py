@@ -96,11 +96,6 @@ def test_exact_save_load_round_trip(tmp_path):
         np.testing.assert_array_equal(a[1], b[1])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG retrievers.select_top_k: argpartition picks an arbitrary subset of items tied "
-    "at the k-th score, not the lowest ids, so top-K disagrees with metrics.target_ranks",
-)
 def test_exact_top_k_agrees_with_target_ranks_on_ties():
     # integer-valued scores (popularity-like) tie a lot
     rng = np.random.default_rng(4)

@@ -19,7 +19,8 @@ from . import artifacts as files
 from . import plugins
 from .config import TwoTowerConfig
 from .data.dataset import Dataset
-from .data.split import Split, make_split, pad_left
+from .data.padding import pad_left
+from .data.split import Split, make_split
 from .errors import TwoTowerError
 from .evaluate import evaluate_model, evaluate_popularity
 from .progress import TrainingProgress

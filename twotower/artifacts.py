@@ -97,7 +97,9 @@ def staged_folder(target: Path, kind: str = "artifacts") -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def write_manifest(folder: Path, extra: dict[str, Any]) -> dict[str, Any]:
+def write_manifest(
+    folder: Path, extra: dict[str, Any], format_version: int = FORMAT_VERSION
+) -> dict[str, Any]:
     """Checksum every file in ``folder`` into ``manifest.json`` (written last)."""
     files = {
         path.name: sha256_of(path)
@@ -105,7 +107,7 @@ def write_manifest(folder: Path, extra: dict[str, Any]) -> dict[str, Any]:
         if path.is_file() and path.name != MANIFEST
     }
     manifest = {
-        "format_version": FORMAT_VERSION,
+        "format_version": format_version,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "versions": library_versions(),
         **extra,

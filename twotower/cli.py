@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 import types
 import typing
@@ -158,8 +159,9 @@ def cmd_fit(args: argparse.Namespace) -> None:
     if not args.json:
         print_config(config)
     result = fit(config, progress=not args.json and not args.no_progress)
-    sample_user = load(result.artifacts_dir).user_ids[0]
-    sample = [r.to_dict() for r in load(result.artifacts_dir).recommend(sample_user, k=10)]
+    recommender = load(result.artifacts_dir)
+    sample_user = recommender.user_ids[0]
+    sample = [r.to_dict() for r in recommender.recommend(sample_user, k=10)]
     if args.json:
         print_json(
             {
@@ -314,6 +316,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         errors.print("interrupted")
         return 130
+    except BrokenPipeError:  # the reader went away (`twotower ... --json | head`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # as the Python docs advise
+        return 0
     return 0
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .data.split import Split, pad_left
+from .data.padding import pad_left
+from .data.split import Split
 from .metrics import metric_ks, metrics_from_ranks, target_ranks
 from .towers.model import TwoTowerModel
 

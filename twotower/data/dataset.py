@@ -36,13 +36,12 @@ def to_number(values: pd.Series, column: str, source: str, row_offset: int = 2) 
     (2 for a CSV with a header line).
     """
     parsed = pd.to_numeric(values, errors="coerce")
-    bad = parsed.isna() & values.notna() | values.isna()
+    bad = parsed.isna()
     if bad.any():
         position = int(np.flatnonzero(bad.to_numpy())[0])
-        raise TwoTowerError(
-            f"{source}: row {position + row_offset}, column {column!r}: "
-            f"{values.iloc[position]!r} is not a number"
-        )
+        value = values.iloc[position]
+        problem = "empty value" if pd.isna(value) else f"{value!r} is not a number"
+        raise TwoTowerError(f"{source}: row {position + row_offset}, column {column!r}: {problem}")
     return parsed
 
 
@@ -54,8 +53,8 @@ def normalise_interactions(
         raise TwoTowerError(f"{source}: no interactions")
     out = pd.DataFrame(
         {
-            "user": _as_id(frame["user"], "user", source, row_offset),
-            "item": _as_id(frame["item"], "item", source, row_offset),
+            "user": as_id(frame["user"], "user", source, row_offset),
+            "item": as_id(frame["item"], "item", source, row_offset),
             "timestamp": _as_timestamp(frame["timestamp"], source, row_offset),
         }
     )
@@ -64,11 +63,14 @@ def normalise_interactions(
     return out.reset_index(drop=True)
 
 
-def _as_id(values: pd.Series, column: str, source: str, row_offset: int) -> pd.Series:
+def as_id(values: pd.Series, column: str, source: str, row_offset: int) -> pd.Series:
+    """Ids as stripped strings; a float column of whole numbers reads as integers."""
     missing = values.isna()
     if missing.any():
         position = int(np.flatnonzero(missing.to_numpy())[0])
-        raise TwoTowerError(f"{source}: row {position + row_offset}, column {column!r} is empty")
+        raise TwoTowerError(
+            f"{source}: row {position + row_offset}, column {column!r}: empty value"
+        )
     if pd.api.types.is_float_dtype(values) and (values % 1 == 0).all():
         values = values.astype("int64")  # 12.0 -> "12", as the file meant
     return values.astype(str).str.strip()

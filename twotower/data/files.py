@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import TwoTowerError
-from .dataset import Dataset, normalise_interactions
+from .dataset import Dataset, as_id, normalise_interactions
 
 ALIASES = {
     "user": ("user", "user_id", "userId", "userid", "UserID"),
@@ -24,12 +24,21 @@ ALIASES = {
 }
 
 
+def is_parquet(path: Path) -> bool:
+    return path.suffix.lower() in (".parquet", ".pq")
+
+
+def first_row(path: Path) -> int:
+    """The row number a person sees for data index 0: CSVs have a header line."""
+    return 1 if is_parquet(path) else 2
+
+
 def read_file(path: Path) -> pd.DataFrame:
     """Read a CSV/TSV or Parquet file with every CSV column as text."""
     if not path.is_file():
         raise TwoTowerError(f"file not found: {path}")
     try:
-        if path.suffix.lower() in (".parquet", ".pq"):
+        if is_parquet(path):
             return pd.read_parquet(path)
         sep = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
         return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""])
@@ -71,7 +80,8 @@ def load_interactions(
         "rating": pick_column(frame, "rating", rating_col, path, required=False),
     }
     picked = pd.DataFrame({role: frame[col] for role, col in columns.items() if col is not None})
-    return normalise_interactions(picked, str(path), has_rating=columns["rating"] is not None)
+    has_rating = columns["rating"] is not None
+    return normalise_interactions(picked, str(path), has_rating, row_offset=first_row(path))
 
 
 def load_items(
@@ -84,7 +94,7 @@ def load_items(
     item = pick_column(frame, "item", item_col, path, required=True)
     title = pick_column(frame, "title", title_col, path, required=False)
     genres = pick_column(frame, "genres", genres_col, path, required=False)
-    items = pd.DataFrame({"item": frame[item].astype(str).str.strip()})
+    items = pd.DataFrame({"item": as_id(frame[item], "item", str(path), first_row(path))})
     items["title"] = frame[title].fillna("").astype(str) if title else items["item"]
     if genres:
         items["genres"] = [_split_genres(value) for value in frame[genres]]
@@ -92,8 +102,10 @@ def load_items(
         items["genres"] = [[] for _ in range(len(items))]
     duplicated = items["item"].duplicated()
     if duplicated.any():
-        row = int(duplicated.to_numpy().nonzero()[0][0]) + 2
-        raise TwoTowerError(f"{path}: row {row}: item {items['item'][row - 2]!r} listed twice")
+        position = int(duplicated.to_numpy().nonzero()[0][0])
+        raise TwoTowerError(
+            f"{path}: row {position + first_row(path)}: item {items['item'][position]!r} listed twice"
+        )
     return items
 
 

@@ -229,6 +229,11 @@ def fetch(data_dir: Path, sources: Sequence[Source] | None = None) -> Path:
     """Download ML-100K into ``data_dir/ml-100k`` from the first source that works."""
     sources = [GroupLensZip(), RecBoleWheel()] if sources is None else sources
     target = data_dir / FOLDER
+    if target.exists() and any(target.iterdir()):
+        raise TwoTowerError(
+            f"{target} exists but holds neither u.data nor ml-100k.inter; "
+            "move it away or point --data-dir elsewhere"
+        )
     failures = []
     for source in sources:
         try:

@@ -13,6 +13,7 @@ import pandas as pd
 
 from ..errors import TwoTowerError
 from .dataset import Dataset
+from .padding import pad_left  # noqa: F401  (re-exported: callers import it from here)
 
 
 @dataclass
@@ -62,11 +63,16 @@ def item_sort_key(items: pd.Series) -> pd.Series:
 
 
 def implicit_positives(interactions: pd.DataFrame, min_rating: float) -> pd.DataFrame:
-    """Keep ``rating >= min_rating`` (every row when there is no rating), first per user-item."""
+    """Keep ``rating >= min_rating`` (every row when there is no rating), earliest per user-item.
+
+    A repeated positive would be both history and target, and masking seen
+    items would make it unreachable; only its first occurrence counts.
+    """
     positives = interactions
     if "rating" in interactions.columns:
         positives = interactions[interactions["rating"] >= min_rating]
-    return positives.drop_duplicates(["user", "item"], keep="first")
+    earliest = positives.sort_values("timestamp", kind="stable")
+    return earliest.drop_duplicates(["user", "item"], keep="first").sort_index()
 
 
 def make_split(dataset: Dataset, min_rating: float, min_user_positives: int = 3) -> Split:
@@ -118,22 +124,6 @@ def _item_features(items: pd.DataFrame | None, item_ids: list[str]):
         for g in gs:
             multi_hot[row, column[g]] = 1.0
     return genre_names, multi_hot, titles, genres
-
-
-def pad_left(sequences: list[np.ndarray], max_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """Left-pad (and truncate to the last ``max_len``) into ids[B, L] and mask[B, L].
-
-    Left padding keeps the most recent item in the last column for every row.
-    ``L`` is the longest kept history (at least 1), so a batch of short
-    histories stays narrow.
-    """
-    width = max(1, min(max_len, max((len(s) for s in sequences), default=0)))
-    ids = np.zeros((len(sequences), width), dtype=np.int64)
-    for row, sequence in enumerate(sequences):
-        tail = sequence[-max_len:] if max_len > 0 else sequence[:0]
-        if len(tail):
-            ids[row, width - len(tail) :] = tail
-    return ids, ids != 0
 
 
 @dataclass

@@ -30,6 +30,13 @@ def select_top_k(scores: np.ndarray, k: int, exclude: Exclude) -> tuple[np.ndarr
     order = np.lexsort((candidates, -candidate_scores), axis=1)
     ids = np.take_along_axis(candidates, order, axis=1).astype(np.int64)
     top = np.take_along_axis(candidate_scores, order, axis=1)
+    # argpartition keeps an arbitrary few of the items tied at the k-th score:
+    # rows with ties left outside are re-ranked in full, lowest ids first
+    kth = top[:, -1:]
+    tied_outside = (scores == kth).sum(axis=1) > (top == kth).sum(axis=1)
+    for row in np.flatnonzero(tied_outside):
+        full = np.lexsort((np.arange(scores.shape[1]), -scores[row]))[:width]
+        ids[row], top[row] = full, scores[row, full]
     ids[~np.isfinite(top)] = -1
     if width < k:
         ids = np.pad(ids, ((0, 0), (0, k - width)), constant_values=-1)

@@ -29,6 +29,7 @@ class TwoTowerModel(nn.Module):
         super().__init__()
         self.num_users = num_users
         self.num_items = num_items
+        self.max_history_len = config.max_history_len
         item_embedding = nn.Embedding(num_items + 1, config.embedding_dim, padding_idx=0)
         features = item_genres if config.use_item_features else item_genres[:, :0]
         self.item_tower = ItemTower(item_embedding, features, config.dropout)

@@ -46,7 +46,8 @@ class Block(nn.Module):
         batch, length, dim = x.shape
         qkv = self.qkv(self.attention_norm(x))  # [B, L, 3d]
         qkv = qkv.reshape(batch, length, 3, self.num_heads, dim // self.num_heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, L, d/H]
+        qkv = qkv.permute(2, 0, 3, 1, 4)  # [3, B, H, L, d/H]
+        q, k, v = qkv[0], qkv[1], qkv[2]
         attended = F.scaled_dot_product_attention(
             q, k, v, attn_mask=allowed, dropout_p=self.dropout if self.training else 0.0
         )  # [B, H, L, d/H]

@@ -1,0 +1,1 @@
+"""Export formats (each a plugin) and the bundle that ships both towers."""

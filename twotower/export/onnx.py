@@ -1,0 +1,108 @@
+"""ONNX format: both towers through ``torch.onnx.export`` (dynamo), served by onnxruntime.
+
+Batch size and history length are dynamic axes; weights are stored inside the
+``.onnx`` files. Importing this module does not import torch: the exporter
+imports it when called, the runtime needs only onnxruntime and numpy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+OPSET = 20
+USER_FILE = "user_tower.onnx"
+ITEM_FILE = "item_tower.onnx"
+
+
+class OnnxTowers:
+    """The runtime: two onnxruntime sessions; ``run`` is safe to call from many threads."""
+
+    def __init__(
+        self, bundle_dir: Path, threads: int = 1, user_file=USER_FILE, item_file=ITEM_FILE
+    ):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        providers = ["CPUExecutionProvider"]
+        self.user = ort.InferenceSession(
+            str(Path(bundle_dir) / user_file), options, providers=providers
+        )
+        self.item = ort.InferenceSession(
+            str(Path(bundle_dir) / item_file), options, providers=providers
+        )
+
+    def encode_users(self, user_ids, history, history_mask) -> np.ndarray:
+        feed = {
+            "user_ids": np.asarray(user_ids, dtype=np.int64),
+            "history": np.asarray(history, dtype=np.int64),
+            "history_mask": np.asarray(history_mask, dtype=bool),
+        }
+        return self.user.run(None, feed)[0]
+
+    def encode_items(self, item_ids) -> np.ndarray:
+        return self.item.run(None, {"item_ids": np.asarray(item_ids, dtype=np.int64)})[0]
+
+    def graphs(self) -> dict[str, Any]:
+        return {"user_tower": describe(self.user), "item_tower": describe(self.item)}
+
+
+def describe(session: ort.InferenceSession) -> dict[str, Any]:
+    """Input/output names, dtypes and shapes (symbolic axes by name) of a session."""
+
+    def entry(arg) -> dict[str, Any]:
+        shape = [dim if isinstance(dim, int) else str(dim) for dim in arg.shape]
+        return {"name": arg.name, "dtype": arg.type, "shape": shape}
+
+    return {
+        "inputs": [entry(arg) for arg in session.get_inputs()],
+        "outputs": [entry(arg) for arg in session.get_outputs()],
+    }
+
+
+class OnnxFormat:
+    name = "onnx"
+    files = (USER_FILE, ITEM_FILE)
+
+    def export(self, model, out_dir: Path) -> list[Path]:
+        import onnx
+        import torch
+
+        from .towers import ITEM_INPUTS, ITEM_OUTPUTS, USER_INPUTS, USER_OUTPUTS
+        from .towers import example_inputs, towers
+
+        user_tower, item_tower = towers(model)
+        user_example, item_example = example_inputs(model)
+        batch = torch.export.Dim("batch")
+        length = torch.export.Dim("history_length")
+        items = torch.export.Dim("items")
+        jobs = (
+            (user_tower, user_example, USER_FILE, USER_INPUTS, USER_OUTPUTS,
+             ({0: batch}, {0: batch, 1: length}, {0: batch, 1: length})),
+            (item_tower, item_example, ITEM_FILE, ITEM_INPUTS, ITEM_OUTPUTS, ({0: items},)),
+        )  # fmt: skip
+        written = []
+        for module, example, file, inputs, outputs, dynamic in jobs:
+            path = Path(out_dir) / file
+            with torch.no_grad():
+                torch.onnx.export(
+                    module,
+                    example,
+                    str(path),
+                    input_names=list(inputs),
+                    output_names=list(outputs),
+                    dynamic_shapes=dynamic,
+                    opset_version=OPSET,
+                    dynamo=True,
+                    external_data=False,
+                    verbose=False,
+                )
+            onnx.checker.check_model(str(path), full_check=True)
+            written.append(path)
+        return written
+
+    def load(self, bundle_dir: Path, threads: int = 1) -> OnnxTowers:
+        return OnnxTowers(bundle_dir, threads)
