@@ -216,15 +216,19 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_recommend(args: argparse.Namespace) -> None:
-    from .api import load
+    retriever = getattr(args, "retriever", None)
+    if args.bundle:
+        from .serving import load_bundle
 
-    recommender = load(artifacts_dir_of(args))
-    items = recommender.recommend(
-        str(args.user_id),
-        k=args.k,
-        exclude_seen=args.exclude_seen,
-        retriever=getattr(args, "retriever", None),
-    )
+        bundle = load_bundle(args.bundle, retriever=retriever or "hnsw")
+        items = bundle.recommend(str(args.user_id), k=args.k, exclude_seen=args.exclude_seen)
+    else:
+        from .api import load
+
+        recommender = load(artifacts_dir_of(args))
+        items = recommender.recommend(
+            str(args.user_id), k=args.k, exclude_seen=args.exclude_seen, retriever=retriever
+        )
     output = {"user_id": str(args.user_id), "items": [item.to_dict() for item in items]}
     if args.json:
         print_json(output)
@@ -232,6 +236,33 @@ def cmd_recommend(args: argparse.Namespace) -> None:
         console.print(
             recommendations_table(f"top {args.k} for user {args.user_id}", output["items"])
         )
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from .export.bundle import export_bundle
+
+    folder, manifest = export_bundle(
+        artifacts_dir_of(args), out_dir=args.out, format=args.format, quantize=args.quantize
+    )
+    parity = manifest["parity"]
+    if args.json:
+        print_json({"bundle": str(folder), "format": args.format, "parity": parity})
+        return
+    table = Table(title=f"parity of the {args.format} bundle against PyTorch")
+    table.add_column("check")
+    table.add_column("value", justify="right")
+    table.add_row("histories checked", str(parity["histories_checked"]))
+    table.add_row("history lengths", "{} to {}".format(*parity["history_lengths"]))
+    for tower, diff in parity["max_abs_diff"].items():
+        table.add_row(f"max abs diff, {tower.replace('_', ' ')}", f"{diff:.2e}")
+    table.add_row("same top-10", f"{parity['top10_agreement']:.2%}")
+    table.add_row("cold user finite", str(parity["cold_user_finite"]))
+    recall = parity["test_recall@10"]
+    table.add_row(
+        "test recall@10 torch / bundle", f"{recall['torch']:.4f} / {recall['bundle']:.4f}"
+    )
+    console.print(table)
+    console.print(f"bundle: {folder}")
 
 
 def cmd_plugins(args: argparse.Namespace) -> None:
@@ -294,6 +325,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="leave out items the user already has (default: on)",
     )
     recommend.add_argument("--json", action="store_true", help="print JSON")
+    recommend.add_argument(
+        "--bundle", type=Path, help="serve from an exported bundle (no PyTorch) instead"
+    )
+
+    export = command("export", cmd_export, "export both towers into a serving bundle")
+    add_config_flags(export, ("artifacts_dir", "data_dir"))
+    export.add_argument(
+        "--format",
+        default="onnx",
+        choices=plugins.formats().names(),
+        help="export format plugin (default: onnx)",
+    )
+    export.add_argument("--out", type=Path, help="bundle folder (default: exports/<name>/)")
+    export.add_argument(
+        "--quantize", choices=["int8"], help="dynamic int8 quantization of the ONNX towers"
+    )
+    export.add_argument("--json", action="store_true", help="print the parity report as JSON")
 
     listing = command("plugins", cmd_plugins, "list plugins and what each registers")
     listing.add_argument("--json", action="store_true", help="print JSON")
@@ -302,11 +350,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(message)s",
-        handlers=[RichHandler(console=errors, show_time=False, show_path=False)],
-    )
+    log = logging.getLogger("twotower")
+    if not log.handlers:
+        log.addHandler(RichHandler(console=errors, show_time=False, show_path=False))
+        log.setLevel(logging.INFO)
+        log.propagate = False
     try:
         args = build_parser().parse_args(argv)
         args.run(args)

@@ -103,9 +103,8 @@ def load_items(
     duplicated = items["item"].duplicated()
     if duplicated.any():
         position = int(duplicated.to_numpy().nonzero()[0][0])
-        raise TwoTowerError(
-            f"{path}: row {position + first_row(path)}: item {items['item'][position]!r} listed twice"
-        )
+        row = position + first_row(path)
+        raise TwoTowerError(f"{path}: row {row}: item {items['item'][position]!r} listed twice")
     return items
 
 

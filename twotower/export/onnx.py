@@ -7,6 +7,10 @@ imports it when called, the runtime needs only onnxruntime and numpy.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +67,22 @@ def describe(session: ort.InferenceSession) -> dict[str, Any]:
     }
 
 
+@contextlib.contextmanager
+def quiet_exporter():
+    """Silence the exporter's progress prints, warnings and logs; errors still raise."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "torch.export")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
 class OnnxFormat:
     name = "onnx"
     files = (USER_FILE, ITEM_FILE)
@@ -71,8 +91,14 @@ class OnnxFormat:
         import onnx
         import torch
 
-        from .towers import ITEM_INPUTS, ITEM_OUTPUTS, USER_INPUTS, USER_OUTPUTS
-        from .towers import example_inputs, towers
+        from .towers import (
+            ITEM_INPUTS,
+            ITEM_OUTPUTS,
+            USER_INPUTS,
+            USER_OUTPUTS,
+            example_inputs,
+            towers,
+        )
 
         user_tower, item_tower = towers(model)
         user_example, item_example = example_inputs(model)
@@ -87,7 +113,7 @@ class OnnxFormat:
         written = []
         for module, example, file, inputs, outputs, dynamic in jobs:
             path = Path(out_dir) / file
-            with torch.no_grad():
+            with torch.no_grad(), quiet_exporter():
                 torch.onnx.export(
                     module,
                     example,

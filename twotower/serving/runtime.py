@@ -53,7 +53,10 @@ class Bundle:
         vectors = self.encode(users, histories)
         exclude = [h - 1 for h in histories] if exclude_seen else None
         ids, scores = self.retriever.search(vectors, k, exclude=exclude)
-        return [self._items(row_ids, row_scores) for row_ids, row_scores in zip(ids, scores)]
+        return [
+            self._items(row_ids, row_scores)
+            for row_ids, row_scores in zip(ids, scores, strict=True)
+        ]
 
     def _items(self, ids: np.ndarray, scores: np.ndarray) -> list[Recommendation]:
         return [
