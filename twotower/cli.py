@@ -265,6 +265,79 @@ def cmd_export(args: argparse.Namespace) -> None:
     console.print(f"bundle: {folder}")
 
 
+def int_list(text: str) -> list[int]:
+    try:
+        return [int(part.replace("_", "")) for part in text.split(",") if part]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+
+
+def name_list(kind: str) -> Callable[[str], list[str]]:
+    def parse(text: str) -> list[str]:
+        names = [part for part in text.split(",") if part]
+        for name in names:
+            plugins.registry(kind).get(name)
+        return names
+
+    return parse
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from .bench import report
+
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    with Progress(*columns, console=errors, transient=True) as progress:
+        task = progress.add_task(f"bench {args.suite}")
+
+        def notify(message: str) -> None:
+            progress.update(task, description=f"bench {args.suite}: {message}")
+
+        if args.suite == "serving":
+            from .bench import serving
+
+            result = serving.run(
+                artifacts_dir_of(args), args.exports_dir, args.repeats, args.threads, notify
+            )
+        elif args.suite == "scale":
+            from .bench import scale
+
+            result = scale.run(args.sizes, args.queries, args.repeats, args.threads, notify=notify)
+        else:
+            from .bench import train
+
+            base = resolve_config(args)
+            encoders = args.encoders or plugins.user_encoders().names()
+            losses = args.losses or plugins.losses().names()
+            result = train.run(base, encoders, losses, args.seeds, notify)
+    result["command"] = " ".join(["twotower", *sys.argv[1:]])
+    if args.json:
+        report.write_json(result, args.json)
+    if args.markdown:
+        report.write_markdown(result, args.suite, args.markdown)
+    if args.suite == "scale" and args.plot:
+        from .bench.scale import plot
+
+        plot(result, args.plot)
+    console.print(report_table(args.suite, result))
+
+
+def report_table(suite: str, result: dict[str, Any]) -> Table:
+    from .bench import report
+
+    columns = {"serving": report.SERVING, "scale": report.SCALE, "train": report.TRAIN}[suite]
+    rows = result["summary"] if suite == "train" else result["rows"]
+    table = Table(title=f"bench {suite}")
+    for header, _ in columns:
+        table.add_column(header, justify="left" if header in ("runtime", "method") else "right")
+    for row in rows:
+        table.add_row(*(cell(row) for _, cell in columns))
+    return table
+
+
 def cmd_plugins(args: argparse.Namespace) -> None:
     infos, problems = plugins.plugin_table()
     shown = [info for info in infos if args.all or not info.builtin]
@@ -342,6 +415,38 @@ def build_parser() -> argparse.ArgumentParser:
         "--quantize", choices=["int8"], help="dynamic int8 quantization of the ONNX towers"
     )
     export.add_argument("--json", action="store_true", help="print the parity report as JSON")
+
+    bench = command(
+        "bench", cmd_bench, "benchmark runtimes and retrievers (serving), search (scale), training"
+    )
+    bench.add_argument(
+        "--suite", choices=["serving", "scale", "train"], default="serving", help="what to measure"
+    )
+    add_config_flags(bench)
+    bench.add_argument(
+        "--exports-dir", type=Path, default=Path("exports"), help="bundles live here"
+    )
+    bench.add_argument("--repeats", type=int, default=200, help="timed repetitions per contender")
+    bench.add_argument(
+        "--threads", type=int, default=1, help="threads for torch, BLAS, onnxruntime"
+    )
+    bench.add_argument(
+        "--sizes",
+        type=int_list,
+        default=[10_000, 100_000],
+        help="scale suite catalog sizes (default: 10000,100000; add 1000000 for the full run)",
+    )
+    bench.add_argument("--queries", type=int, default=1000, help="scale suite queries per size")
+    bench.add_argument("--plot", type=Path, help="scale suite: recall vs queries/s PNG")
+    bench.add_argument(
+        "--encoders", type=name_list("user_encoders"), help="train suite encoders (default: all)"
+    )
+    bench.add_argument(
+        "--losses", type=name_list("losses"), help="train suite losses (default: all)"
+    )
+    bench.add_argument("--seeds", type=int_list, default=[0, 1, 2], help="train suite seeds")
+    bench.add_argument("--json", type=Path, metavar="FILE", help="write the results as JSON")
+    bench.add_argument("--markdown", type=Path, metavar="FILE", help="write a Markdown table")
 
     listing = command("plugins", cmd_plugins, "list plugins and what each registers")
     listing.add_argument("--json", action="store_true", help="print JSON")

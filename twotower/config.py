@@ -53,6 +53,7 @@ class TwoTowerConfig:
     causal: bool = opt(True, "Transformer attends to earlier items only (allows sequence training)")
     use_user_id: bool = opt(True, "join a learned user-ID embedding to the history summary")
     use_item_features: bool = opt(True, "add genre embeddings in the item tower")
+    normalize: bool = opt(True, "L2-normalise both towers' vectors (score = cosine / τ)")
     temperature: float = opt(0.07, "initial softmax temperature")
     learn_temperature: bool = opt(True, "learn the temperature")
     min_temperature: float = opt(0.01, "lower clamp of the learned temperature")

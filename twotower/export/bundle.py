@@ -182,6 +182,7 @@ def export_bundle(
         plugins.retrievers().get("hnsw").build(item_vectors, **options).save(folder)
         extra = {
             "kind": "twotower-bundle",
+            "source_model_sha256": files.sha256_of(recommender.folder / files.MODEL),
             "format": format,
             "quantization": quantize,
             "graphs": towers.graphs(),

@@ -21,20 +21,36 @@ class GRUEncoder(nn.Module):
         self.item_embedding = item_embedding
         self.dropout = nn.Dropout(config.dropout)
         self.gru = nn.GRU(dim, dim, num_layers=config.num_layers, batch_first=True)
-        self.head = UserHead(dim, num_users, config.use_user_id, config.dropout)
+        self.head = UserHead(dim, num_users, config.use_user_id, config.dropout, config.normalize)
 
-    def forward(
-        self, user_ids: torch.Tensor, history: torch.Tensor, history_mask: torch.Tensor
-    ) -> torch.Tensor:
+    def states(self, history: torch.Tensor, history_mask: torch.Tensor):
+        """GRU outputs in right-padded order ([B, L, d], step j follows valid item j), lengths."""
         length = history.shape[1]
         lengths = history_mask.sum(dim=1)  # [B]
         # right-pad: row b reads columns (j + L - len_b) mod L
         steps = torch.arange(length, device=history.device).unsqueeze(0)  # [1, L]
         source = (steps + length - lengths.unsqueeze(1)) % length  # [B, L]
         right_padded = torch.gather(history, 1, source)
-        x = self.dropout(self.item_embedding(right_padded))  # [B, L, d]
-        outputs, _ = self.gru(x)  # [B, L, d]
+        outputs, _ = self.gru(self.dropout(self.item_embedding(right_padded)))  # [B, L, d]
+        return outputs, lengths
+
+    def forward(
+        self, user_ids: torch.Tensor, history: torch.Tensor, history_mask: torch.Tensor
+    ) -> torch.Tensor:
+        outputs, lengths = self.states(history, history_mask)
         last = (lengths - 1).clamp(min=0)  # [B]
         index = last.view(-1, 1, 1).expand(-1, 1, outputs.shape[2])  # [B, 1, d]
         summary = torch.gather(outputs, 1, index).squeeze(1)  # [B, d]
         return self.head(summary, user_ids)
+
+    def encode_sequence(
+        self, user_ids: torch.Tensor, history: torch.Tensor, history_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """[B, L, d]: the user vector after each prefix, back in left-padded positions."""
+        outputs, lengths = self.states(history, history_mask)
+        length = history.shape[1]
+        steps = torch.arange(length, device=history.device).unsqueeze(0)  # [1, L]
+        source = (steps + lengths.unsqueeze(1)) % length  # left position p <- step p + len - L
+        index = source.unsqueeze(-1).expand(-1, -1, outputs.shape[2])  # [B, L, d]
+        summaries = torch.gather(outputs, 1, index)
+        return self.head(summaries, user_ids.unsqueeze(1).expand(-1, length))

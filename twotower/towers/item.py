@@ -22,8 +22,15 @@ class ItemTower(nn.Module):
     histories through it.
     """
 
-    def __init__(self, item_embedding: nn.Embedding, item_genres: np.ndarray, dropout: float):
+    def __init__(
+        self,
+        item_embedding: nn.Embedding,
+        item_genres: np.ndarray,
+        dropout: float,
+        normalize: bool = True,
+    ):
         super().__init__()
+        self.normalize = normalize
         dim = item_embedding.embedding_dim
         self.item_embedding = item_embedding
         self.register_buffer("item_genres", torch.as_tensor(item_genres, dtype=torch.float32))
@@ -35,4 +42,5 @@ class ItemTower(nn.Module):
         x = self.item_embedding(item_ids)  # [N, d]
         if self.genre_embedding is not None:
             x = x + self.genre_embedding(self.item_genres[item_ids])  # sum of genre vectors
-        return F.normalize(self.mlp(x), dim=-1)
+        x = self.mlp(x)
+        return F.normalize(x, dim=-1) if self.normalize else x

@@ -18,10 +18,20 @@ class MeanEncoder(nn.Module):
         dim = item_embedding.embedding_dim
         self.item_embedding = item_embedding
         self.dropout = nn.Dropout(config.dropout)
-        self.head = UserHead(dim, num_users, config.use_user_id, config.dropout)
+        self.head = UserHead(dim, num_users, config.use_user_id, config.dropout, config.normalize)
 
     def forward(
         self, user_ids: torch.Tensor, history: torch.Tensor, history_mask: torch.Tensor
     ) -> torch.Tensor:
         x = self.dropout(self.item_embedding(history))  # [B, L, d]
         return self.head(masked_mean(x, history_mask), user_ids)
+
+    def encode_sequence(
+        self, user_ids: torch.Tensor, history: torch.Tensor, history_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """[B, L, d]: the running mean after each prefix (the bag is order-free but causal)."""
+        x = self.dropout(self.item_embedding(history))  # [B, L, d]
+        x = x.masked_fill(~history_mask.unsqueeze(-1), 0.0)
+        counts = history_mask.long().cumsum(dim=1).clamp(min=1).unsqueeze(-1).to(x.dtype)
+        users = user_ids.unsqueeze(1).expand(-1, history.shape[1])  # [B, L]
+        return self.head(x.cumsum(dim=1) / counts, users)

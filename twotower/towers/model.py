@@ -32,7 +32,7 @@ class TwoTowerModel(nn.Module):
         self.max_history_len = config.max_history_len
         item_embedding = nn.Embedding(num_items + 1, config.embedding_dim, padding_idx=0)
         features = item_genres if config.use_item_features else item_genres[:, :0]
-        self.item_tower = ItemTower(item_embedding, features, config.dropout)
+        self.item_tower = ItemTower(item_embedding, features, config.dropout, config.normalize)
         self.user_tower = encoder_class(config, item_embedding, num_users)
         self.log_temperature = nn.Parameter(
             torch.tensor(math.log(config.temperature)), requires_grad=config.learn_temperature

@@ -72,7 +72,7 @@ class TransformerEncoder(nn.Module):
             Block(dim, config.num_heads, config.dropout) for _ in range(config.num_layers)
         )
         self.output_norm = nn.LayerNorm(dim)
-        self.head = UserHead(dim, num_users, config.use_user_id, config.dropout)
+        self.head = UserHead(dim, num_users, config.use_user_id, config.dropout, config.normalize)
 
     def summaries(self, history: torch.Tensor, history_mask: torch.Tensor) -> torch.Tensor:
         """[B, L, d]: the pooled history after each position (meaningful at valid ones)."""

@@ -16,8 +16,11 @@ class UserHead(nn.Module):
     zero, so a cold user is described by the history alone.
     """
 
-    def __init__(self, dim: int, num_users: int, use_user_id: bool, dropout: float):
+    def __init__(
+        self, dim: int, num_users: int, use_user_id: bool, dropout: float, normalize: bool = True
+    ):
         super().__init__()
+        self.normalize = normalize
         self.user_embedding = (
             nn.Embedding(num_users + 1, dim, padding_idx=0) if use_user_id else None
         )
@@ -26,7 +29,8 @@ class UserHead(nn.Module):
     def forward(self, summary: torch.Tensor, user_ids: torch.Tensor) -> torch.Tensor:
         if self.user_embedding is not None:
             summary = torch.cat([summary, self.user_embedding(user_ids)], dim=-1)  # [B, 2d]
-        return F.normalize(self.mlp(summary), dim=-1)
+        summary = self.mlp(summary)
+        return F.normalize(summary, dim=-1) if self.normalize else summary
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,100 @@
+"""The towers' contract: shapes, normalisation, cold users, and sequence == prefix encoding."""
+
+import numpy as np
+import pytest
+import torch
+
+from twotower import plugins
+from twotower.config import TwoTowerConfig
+from twotower.data.padding import pad_left
+from twotower.towers.model import TwoTowerModel
+
+ENCODERS = plugins.user_encoders().names()
+HISTORIES = [np.array([3, 4, 5, 6, 7]), np.array([9]), np.arange(1, 13)]  # 12 > max_len 8
+
+
+def make_model(encoder: str, **changes) -> TwoTowerModel:
+    torch.manual_seed(0)
+    config = TwoTowerConfig(
+        user_encoder=encoder, max_history_len=8, embedding_dim=16, num_heads=2, **changes
+    )
+    genres = np.zeros((21, 3), dtype=np.float32)
+    genres[1:, 0] = 1.0
+    genres[::2, 1] = 1.0
+    cls = plugins.user_encoders().get(encoder)
+    return TwoTowerModel(config, num_users=4, num_items=20, item_genres=genres, encoder_class=cls)
+
+
+def encode(model, users, histories):
+    ids, mask = pad_left(histories, model.max_history_len)
+    with torch.no_grad():
+        return model.encode_users(torch.tensor(users), torch.as_tensor(ids), torch.as_tensor(mask))
+
+
+@pytest.mark.parametrize("encoder", ENCODERS)
+def test_user_vectors_are_normalised_and_cold_users_finite(encoder):
+    model = make_model(encoder).eval()
+    vectors = encode(model, [1, 2, 3, 0], [*HISTORIES, np.zeros(0, dtype=np.int64)])
+    assert vectors.shape == (4, 16)
+    assert torch.isfinite(vectors).all()
+    assert torch.allclose(vectors.norm(dim=1), torch.ones(4), atol=1e-5)
+
+
+@pytest.mark.parametrize("encoder", ENCODERS)
+def test_a_longer_history_keeps_its_most_recent_items(encoder):
+    model = make_model(encoder).eval()
+    long, recent = np.arange(1, 13), np.arange(5, 13)
+    assert torch.allclose(encode(model, [1], [long]), encode(model, [1], [recent]), atol=1e-6)
+
+
+@pytest.mark.parametrize("encoder", ENCODERS)
+def test_padding_width_does_not_change_a_user_vector(encoder):
+    model = make_model(encoder).eval()
+    alone = encode(model, [1], [HISTORIES[1]])  # padded to width 1
+    batched = encode(model, [1, 2], [HISTORIES[1], HISTORIES[2]])  # padded to width 8
+    assert torch.allclose(alone[0], batched[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("encoder", ENCODERS)
+def test_encode_sequence_equals_encoding_each_prefix(encoder):
+    """Sequence training is only honest if position t sees exactly the prefix up to t."""
+    model = make_model(encoder).eval()
+    if not hasattr(model.user_tower, "encode_sequence"):
+        pytest.skip(f"{encoder} has no sequence mode")
+    ids, mask = pad_left(HISTORIES[:2], 8)
+    users = torch.tensor([1, 2])
+    with torch.no_grad():
+        sequence = model.user_tower.encode_sequence(
+            users, torch.as_tensor(ids), torch.as_tensor(mask)
+        )
+    for row, history in enumerate(HISTORIES[:2]):
+        for t in range(1, len(history) + 1):
+            expected = encode(model, [row + 1], [history[:t]])[0]
+            position = ids.shape[1] - len(history) + t - 1
+            assert torch.allclose(sequence[row, position], expected, atol=1e-5), (row, t)
+
+
+def test_unnormalised_towers_keep_their_norms():
+    model = make_model("transformer", normalize=False).eval()
+    items = model.catalog_vectors()
+    assert items.shape == (20, 16)
+    assert not torch.allclose(items.norm(dim=1), torch.ones(20))
+
+
+def test_item_tower_uses_genres():
+    model = make_model("mean").eval()
+    with torch.no_grad():
+        before = model.encode_items(torch.tensor([2]))
+        model.item_tower.item_genres[2, 2] = 1.0  # give item 2 another genre
+        after = model.encode_items(torch.tensor([2]))
+    assert not torch.allclose(before, after)
+
+
+def test_temperature_is_clamped():
+    model = make_model("mean", min_temperature=0.05, max_temperature=0.5)
+    with torch.no_grad():
+        model.log_temperature.fill_(-10.0)
+    assert model.temperature.item() == pytest.approx(0.05)
+    with torch.no_grad():
+        model.log_temperature.fill_(10.0)
+    assert model.temperature.item() == pytest.approx(0.5)

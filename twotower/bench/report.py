@@ -1,0 +1,109 @@
+"""Results as JSON (for machines) and Markdown tables (for docs), one table spec per suite."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+Column = tuple[str, Callable[[dict[str, Any]], str]]
+
+
+def write_json(result: dict[str, Any], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def table(columns: list[Column], rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| " + " | ".join(header for header, _ in columns) + " |",
+        "|" + "|".join("---" for _ in columns) + "|",
+    ]
+    lines += ["| " + " | ".join(cell(row) for _, cell in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def number(key: str, fmt: str) -> Callable[[dict[str, Any]], str]:
+    return lambda row: format(row[key], fmt)
+
+
+def spread(key: str) -> Callable[[dict[str, Any]], str]:
+    return lambda row: f"{row[key + '_mean']:.4f} ± {row[key + '_std']:.4f}"
+
+
+SERVING: list[Column] = [
+    ("runtime", lambda r: r["runtime"]),
+    ("retriever", lambda r: r["retriever"]),
+    ("user p50 ms b1", number("user_p50_ms_b1", ".3f")),
+    ("user p99 ms b1", number("user_p99_ms_b1", ".3f")),
+    ("user p50 ms b256", number("user_p50_ms_b256", ".2f")),
+    ("retrieval p50 ms", number("retrieval_p50_ms", ".3f")),
+    ("retrieval p99 ms", number("retrieval_p99_ms", ".3f")),
+    ("queries/s", number("qps", ",.0f")),
+    ("recall@10", number("recall@10", ".4f")),
+    ("mrr@10", number("mrr@10", ".4f")),
+    ("overlap@10", number("overlap@10", ".4f")),
+]
+SCALE: list[Column] = [
+    ("items", number("items", ",")),
+    ("method", lambda r: r["method"]),
+    ("ef", lambda r: str(r["params"].get("ef", "-"))),
+    ("build s", number("build_s", ".1f")),
+    ("index MiB", number("index_mib", ".1f")),
+    ("file MiB", number("file_mib", ".1f")),
+    ("p50 ms", number("p50_ms", ".3f")),
+    ("p99 ms", number("p99_ms", ".3f")),
+    ("batched ms/query", number("batch_ms_per_query", ".4f")),
+    ("queries/s", number("qps", ",.0f")),
+    ("recall@10", number("recall@10", ".4f")),
+]
+TRAIN: list[Column] = [
+    ("user encoder", lambda r: r["user_encoder"]),
+    ("loss", lambda r: r["loss"]),
+    ("seeds", number("seeds", "d")),
+    ("test recall@10", spread("test_recall@10")),
+    ("test ndcg@10", spread("test_ndcg@10")),
+    ("valid recall@10", spread("valid_recall@10")),
+    ("popularity test recall@10", number("popularity_test_recall@10", ".4f")),
+    ("fit s", number("seconds_mean", ".0f")),
+    ("s to best epoch", number("seconds_to_best_epoch_mean", ".0f")),
+    ("examples/s", number("examples_per_second_mean", ",.0f")),
+]
+
+
+def preamble(result: dict[str, Any], title: str) -> list[str]:
+    machine, versions = result["machine"], result["versions"]
+    lines = [f"# {title}", ""]
+    if result.get("command"):
+        lines += ["Command:", "", "```bash", result["command"], "```", ""]
+    threads = ", ".join(f"{k} {v}" for k, v in result["threads"].items())
+    lines.append(
+        f"Machine: {machine['platform']}, {machine['cpu_count']} CPUs, "
+        f"{machine['memory_gib']} GiB; threads: {threads}."
+    )
+    lines.append("Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".")
+    return [*lines, ""]
+
+
+def markdown(result: dict[str, Any], suite: str) -> str:
+    if suite == "serving":
+        title, columns, rows = "Serving benchmark", SERVING, result["rows"]
+        intro = (
+            f"{result['test_users']} test users, {result['num_items']} items, "
+            f"{result['repeats']} interleaved repetitions after warm-up."
+        )
+    elif suite == "scale":
+        title, columns, rows = "Scale benchmark", SCALE, result["rows"]
+        intro = f"Synthetic clustered {result['dim']}-d catalogs, {result['queries']} queries each."
+    else:
+        title, columns, rows = "Training benchmark", TRAIN, result["summary"]
+        intro = "Mean ± standard deviation over seeds; every run is a full `twotower fit`."
+    return "\n".join([*preamble(result, title), intro, "", table(columns, rows), ""])
+
+
+def write_markdown(result: dict[str, Any], suite: str, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(markdown(result, suite), encoding="utf-8")
+    return path

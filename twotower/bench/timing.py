@@ -1,0 +1,76 @@
+"""Timing helpers: thread pinning, percentiles, interleaved repetitions, machine facts."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import random
+import time
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from ..artifacts import library_versions
+
+
+@contextlib.contextmanager
+def pinned_threads(threads: int) -> Iterator[dict[str, int]]:
+    """Fix torch's and the BLAS libraries' thread counts for the block; report them."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with threadpool_limits(limits=threads):
+            yield {"torch": threads, "blas": threads, "onnxruntime_intra_op": threads}
+    finally:
+        torch.set_num_threads(before)
+
+
+def milliseconds(function: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    function()
+    return (time.perf_counter() - started) * 1000.0
+
+
+def interleaved(
+    calls: dict[str, Callable[[], object]], repeats: int, warmup: int = 3, seed: int = 0
+) -> dict[str, list[float]]:
+    """Time every call ``repeats`` times, visiting them in a new random order each round.
+
+    Interleaving spreads a noisy neighbour's load over all contenders instead
+    of penalising whichever one happened to run during it.
+    """
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    rng = random.Random(seed)
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    names = list(calls)
+    for _ in range(repeats):
+        rng.shuffle(names)
+        for name in names:
+            samples[name].append(milliseconds(calls[name]))
+    return samples
+
+
+def p50_p99(samples: list[float]) -> tuple[float, float]:
+    return float(np.percentile(samples, 50)), float(np.percentile(samples, 99))
+
+
+def machine() -> dict[str, object]:
+    import psutil
+
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+    }
+
+
+def environment(threads: dict[str, int]) -> dict[str, object]:
+    return {"machine": machine(), "versions": library_versions(), "threads": threads}
