@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from ..errors import TwoTowerError
+
 OPSET = 20
 USER_FILE = "user_tower.onnx"
 ITEM_FILE = "item_tower.onnx"
@@ -31,13 +33,8 @@ class OnnxTowers:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-        providers = ["CPUExecutionProvider"]
-        self.user = ort.InferenceSession(
-            str(Path(bundle_dir) / user_file), options, providers=providers
-        )
-        self.item = ort.InferenceSession(
-            str(Path(bundle_dir) / item_file), options, providers=providers
-        )
+        self.user = open_session(Path(bundle_dir) / user_file, options)
+        self.item = open_session(Path(bundle_dir) / item_file, options)
 
     def encode_users(self, user_ids, history, history_mask) -> np.ndarray:
         feed = {
@@ -52,6 +49,15 @@ class OnnxTowers:
 
     def graphs(self) -> dict[str, Any]:
         return {"user_tower": describe(self.user), "item_tower": describe(self.item)}
+
+
+def open_session(path: Path, options: ort.SessionOptions) -> ort.InferenceSession:
+    """An onnxruntime session on ``path``; a graph it cannot read is one clear error."""
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime's errors derive from Exception only
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TwoTowerError(f"bundle graph {path} cannot be loaded ({reason})") from None
 
 
 def describe(session: ort.InferenceSession) -> dict[str, Any]:
@@ -81,6 +87,21 @@ def quiet_exporter():
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
+
+
+def remainder_scalar(self, other):
+    """``aten.remainder.Scalar`` whose divisor may be a symbolic size (the GRU's ``% length``).
+
+    onnxscript's own translation turns the divisor into a constant and fails on
+    a dynamic axis; this one keeps it a graph value. For integers ONNX ``Mod``
+    (fmod=0) takes the sign of the divisor, as ``torch.remainder`` does.
+    """
+    from onnxscript import opset20 as op
+
+    other = op.CastLike(other, self)
+    if self.dtype.is_integer():
+        return op.Mod(self, other)
+    return op.Sub(self, op.Mul(op.Floor(op.Div(self, other)), other))
 
 
 class OnnxFormat:
@@ -125,6 +146,7 @@ class OnnxFormat:
                     dynamo=True,
                     external_data=False,
                     verbose=False,
+                    custom_translation_table={torch.ops.aten.remainder.Scalar: remainder_scalar},
                 )
             onnx.checker.check_model(str(path), full_check=True)
             written.append(path)

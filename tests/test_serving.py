@@ -1,0 +1,389 @@
+"""The torch-free serving runtime over an ONNX bundle, and ``recommend --bundle``.
+
+One tiny model is fitted and exported once for the module; the answers are
+compared with the PyTorch path (``twotower.load(...).recommend``) item for
+item, and damaged copies of the bundle must fail with one clear error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from twotower import artifacts
+from twotower.api import load
+from twotower.cli import main
+from twotower.errors import TwoTowerError
+from twotower.export.bundle import export_bundle
+from twotower.serving import load_bundle
+
+RETRIEVERS = ["exact", "hnsw"]
+NUM_ITEMS = 40
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    data_dir = tmp_path_factory.mktemp("serving") / "data"
+    argv = [
+        "fit", "--dataset", "synthetic", "--set", "synthetic_num_users=60",
+        "--set", f"synthetic_num_items={NUM_ITEMS}", "--epochs", "1",
+        "--max-history-len", "8", "--data-dir", str(data_dir), "--no-progress", "--json",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    return data_dir / "artifacts"
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(trained, tmp_path_factory) -> Path:
+    folder, _ = export_bundle(trained, tmp_path_factory.mktemp("bundle") / "onnx", format="onnx")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def recommender(trained):
+    return load(trained)
+
+
+@pytest.fixture(scope="module")
+def bundles(bundle_dir) -> dict:
+    return {name: load_bundle(bundle_dir, retriever=name) for name in RETRIEVERS}
+
+
+@pytest.fixture(scope="module")
+def users(recommender) -> list[str]:
+    return list(recommender.user_ids)
+
+
+def ids(recommendations) -> list[str]:
+    return [r.item_id for r in recommendations]
+
+
+def scores(recommendations) -> list[float]:
+    return [r.score for r in recommendations]
+
+
+# --- no torch in the serving process ---------------------------------------------------
+
+SERVE_SCRIPT = """
+import json, sys
+from twotower.serving import load_bundle
+
+request = json.loads(sys.stdin.read())
+answer = {}
+ids = lambda recommendations: [r.item_id for r in recommendations]
+for retriever in ("hnsw", "exact"):
+    bundle = load_bundle(request["bundle"], retriever=retriever)
+    answer[retriever] = {
+        "recommend": ids(bundle.recommend(request["user"], k=10)),
+        "history": ids(bundle.recommend_history(request["items"], k=10)),
+        "batch": [ids(row) for row in bundle.recommend_batch(request["users"], k=5)],
+    }
+answer["torch_modules"] = sorted(m for m in sys.modules if m.split(".")[0] == "torch")
+assert "torch" not in sys.modules
+print(json.dumps(answer))
+"""
+
+
+def test_serving_process_never_imports_torch(bundles, bundle_dir, users, recommender, tmp_path):
+    user = users[0]
+    items = recommender.histories[users[1]][:5]
+    request = {"bundle": str(bundle_dir), "user": user, "items": items, "users": users[:4]}
+    done = subprocess.run(
+        [sys.executable, "-c", SERVE_SCRIPT],
+        input=json.dumps(request),
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert answer["torch_modules"] == []
+    for name, bundle in bundles.items():
+        assert answer[name]["recommend"] == ids(bundle.recommend(user, k=10))
+        assert answer[name]["history"] == ids(bundle.recommend_history(items, k=10))
+        assert answer[name]["batch"] == [ids(r) for r in bundle.recommend_batch(users[:4], k=5)]
+        assert len(answer[name]["recommend"]) == 10
+
+
+# --- the same answers as PyTorch, as one batch, and from many threads ------------------
+
+
+@pytest.mark.parametrize("retriever", RETRIEVERS)
+@pytest.mark.parametrize("exclude_seen", [True, False], ids=["exclude-seen", "keep-seen"])
+def test_recommend_equals_pytorch(bundles, recommender, users, retriever, exclude_seen):
+    bundle = bundles[retriever]
+    for user in users:
+        got = bundle.recommend(user, k=10, exclude_seen=exclude_seen)
+        expected = recommender.recommend(user, k=10, exclude_seen=exclude_seen, retriever=retriever)
+        assert ids(got) == ids(expected), user
+        assert [r.rank for r in got] == list(range(1, 11))
+        assert [(r.title, r.genres) for r in got] == [(r.title, r.genres) for r in expected]
+        np.testing.assert_allclose(scores(got), scores(expected), atol=1e-5)
+
+
+@pytest.mark.parametrize("retriever", RETRIEVERS)
+def test_batch_equals_one_by_one(bundles, users, retriever):
+    bundle = bundles[retriever]
+    batch = bundle.recommend_batch(users, k=10)
+    assert len(batch) == len(users)
+    for user, row in zip(users, batch, strict=True):
+        single = bundle.recommend(user, k=10)
+        assert ids(row) == ids(single), user
+        np.testing.assert_allclose(scores(row), scores(single), atol=1e-6)
+    # a batch may name a user twice, in any order
+    twice = bundle.recommend_batch([users[3], users[0], users[3]], k=10)
+    assert ids(twice[0]) == ids(twice[2]) == ids(batch[3])
+    assert ids(twice[1]) == ids(batch[0])
+
+
+@pytest.mark.parametrize("retriever", RETRIEVERS)
+def test_threads_give_sequential_answers(bundles, recommender, users, retriever):
+    bundle = bundles[retriever]
+    calls = []
+    for user in users:
+        calls.append(("recommend", user))
+        calls.append(("history", tuple(recommender.histories[user][:3])))
+    calls.extend(("batch", tuple(users[i : i + 4])) for i in range(0, len(users), 4))
+
+    def call(request):
+        kind, arg = request
+        if kind == "recommend":
+            return bundle.recommend(arg, k=10)
+        if kind == "history":
+            return bundle.recommend_history(list(arg), k=10)
+        return bundle.recommend_batch(list(arg), k=10)
+
+    sequential = [call(request) for request in calls]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for _ in range(3):
+            assert list(pool.map(call, calls)) == sequential
+
+
+# --- what is excluded, how many come back ------------------------------------------------
+
+
+@pytest.mark.parametrize("retriever", RETRIEVERS)
+def test_exclude_seen(bundles, recommender, users, retriever):
+    bundle = bundles[retriever]
+    catalog = len(bundle.item_ids)
+    for user in users[:10]:
+        seen = set(recommender.histories[user])
+        unseen = catalog - len(seen)
+        assert 0 < unseen < catalog
+        for k in (10, unseen, unseen + 5, 1000):
+            got = ids(bundle.recommend(user, k=k, exclude_seen=True))
+            assert not seen & set(got), user
+            assert len(got) == len(set(got)) == min(k, unseen)
+            assert [r.rank for r in bundle.recommend(user, k=k)] == list(range(1, len(got) + 1))
+        everything = ids(bundle.recommend(user, k=1000, exclude_seen=False))
+        assert sorted(everything) == sorted(bundle.item_ids)
+        # only unseen items: the same ranking as the whole catalog with the seen ones left out
+        ranked = [item for item in everything if item not in seen]
+        assert ids(bundle.recommend(user, k=unseen)) == ranked
+
+
+@pytest.mark.parametrize("retriever", RETRIEVERS)
+def test_recommend_history(bundles, recommender, users, retriever):
+    bundle = bundles[retriever]
+    history = recommender.histories[users[2]]
+    got = bundle.recommend_history(history, k=1000)
+    assert not set(history) & set(ids(got))
+    assert len(got) == len(bundle.item_ids) - len(set(history))
+    assert len(bundle.recommend_history(history, k=1000, exclude_seen=False)) == NUM_ITEMS
+    assert ids(bundle.recommend_history(tuple(history), k=10)) == ids(got[:10])
+    # the cold user: no history at all
+    cold = bundle.recommend_history([], k=10)
+    assert len(cold) == 10
+    assert np.isfinite(scores(cold)).all()
+    assert cold == bundle.recommend_history([], k=10, exclude_seen=False)
+
+
+def test_recommend_history_equals_the_cold_user_in_pytorch(bundles, recommender, users):
+    """An anonymous history is user index 0 with those items, as the PyTorch model sees it."""
+    import torch
+
+    from twotower.data.padding import pad_left
+
+    bundle = bundles["exact"]
+    for user in users[:5]:
+        history = recommender.histories[user][-4:]
+        indexes = np.array([recommender.item_index[i] for i in history])
+        ids_, mask = pad_left([indexes], recommender.config.max_history_len)
+        with torch.no_grad():
+            vector = recommender.model.encode_users(
+                torch.tensor([0]), torch.as_tensor(ids_), torch.as_tensor(mask)
+            ).numpy()
+        scores_ = (vector @ recommender.item_vectors.T)[0]
+        scores_[indexes - 1] = -np.inf
+        order = np.lexsort((np.arange(len(scores_)), -scores_))[:10]
+        assert ids(bundle.recommend_history(history, k=10)) == [
+            recommender.item_ids[i] for i in order
+        ]
+
+
+@pytest.mark.parametrize("retriever", RETRIEVERS)
+def test_bad_requests(bundles, users, retriever):
+    bundle = bundles[retriever]
+    with pytest.raises(TwoTowerError, match=rf"unknown user id 'nobody' \({len(users)} known"):
+        bundle.recommend("nobody")
+    with pytest.raises(TwoTowerError, match="unknown user id 'nobody'"):
+        bundle.recommend_batch([users[0], "nobody"])
+    with pytest.raises(TwoTowerError, match="unknown item id"):
+        bundle.recommend_history([bundle.item_ids[0], "no-such-item"])
+    for k in (0, -1, 2.5, True):
+        with pytest.raises(TwoTowerError, match="k must be a positive integer"):
+            bundle.recommend(users[0], k=k)
+        with pytest.raises(TwoTowerError, match="k must be a positive integer"):
+            bundle.recommend_history([bundle.item_ids[0]], k=k)
+        with pytest.raises(TwoTowerError, match="k must be a positive integer"):
+            bundle.recommend_batch(users[:2], k=k)
+
+
+# --- the CLI -----------------------------------------------------------------------------
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize(
+    "retriever",
+    [[], ["--retriever", "exact"], ["--retriever", "hnsw"]],
+    ids=["default", *RETRIEVERS],
+)
+def test_cli_recommend_bundle_json(capsys, trained, bundle_dir, users, retriever):
+    user = users[5]
+    common = ["recommend", "--user-id", user, "--k", "10", "--json", *retriever]
+    code, served, err = run(capsys, *common, "--bundle", bundle_dir)
+    assert code == 0, err
+    code, reference, err = run(capsys, *common, "--artifacts-dir", trained)
+    assert code == 0, err
+    served, reference = json.loads(served), json.loads(reference)
+    assert set(served) == {"user_id", "items"} and served["user_id"] == user
+    assert len(served["items"]) == 10
+    for item in served["items"]:
+        assert set(item) == {"rank", "item_id", "title", "genres", "score"}
+    strip = [{k: v for k, v in item.items() if k != "score"} for item in served["items"]]
+    assert strip == [{k: v for k, v in item.items() if k != "score"} for item in reference["items"]]
+    np.testing.assert_allclose(
+        [i["score"] for i in served["items"]], [i["score"] for i in reference["items"]], atol=1e-5
+    )
+
+
+def test_cli_recommend_bundle_table(capsys, bundle_dir, users):
+    code, out, err = run(capsys, "recommend", "--bundle", bundle_dir, "--user-id", users[0])
+    assert code == 0, err
+    assert f"top 10 for user {users[0]}" in out
+    code, _, err = run(capsys, "recommend", "--bundle", bundle_dir, "--user-id", "nobody")
+    assert code == 1 and err.startswith("error: unknown user id 'nobody'")
+
+
+# --- bad bundles -------------------------------------------------------------------------
+
+
+def edit_manifest(folder: Path, change) -> None:
+    path = folder / artifacts.MANIFEST
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    path.write_text(json.dumps(manifest, indent=2))
+
+
+def remove_items(folder: Path) -> str:
+    (folder / artifacts.ITEMS).unlink()
+    return f"bundle file {folder / artifacts.ITEMS} is missing"
+
+
+def remove_index(folder: Path) -> str:
+    (folder / "hnsw_index.bin").unlink()
+    return f"bundle file {folder / 'hnsw_index.bin'} is missing"
+
+
+def remove_manifest(folder: Path) -> str:
+    (folder / artifacts.MANIFEST).unlink()
+    return f"{folder / artifacts.MANIFEST} is missing: {folder} is not a complete bundle folder"
+
+
+def flip_a_byte(folder: Path) -> str:
+    path = folder / "user_tower.onnx"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return f"bundle file {path} is corrupted (sha256 does not match manifest)"
+
+
+def future_version(folder: Path) -> str:
+    edit_manifest(folder, lambda m: m.update(format_version=99))
+    return (
+        f"{folder / artifacts.MANIFEST}: bundle format version 99, but this twotower reads "
+        "version 1; re-create them with this version"
+    )
+
+
+def rename_recorded_input(folder: Path) -> str:
+    def change(manifest):
+        manifest["graphs"]["user_tower"]["inputs"][2]["name"] = "mask"
+
+    edit_manifest(folder, change)
+    return f"bundle graph {folder / 'user_tower.onnx'} does not match manifest.json"
+
+
+def swap_graphs(folder: Path) -> str:
+    """The item graph in the user graph's place, its checksum fixed: only the graph check fails."""
+    shutil.copyfile(folder / "item_tower.onnx", folder / "user_tower.onnx")
+    digest = hashlib.sha256((folder / "user_tower.onnx").read_bytes()).hexdigest()
+    edit_manifest(folder, lambda m: m["files"].update({"user_tower.onnx": digest}))
+    return f"bundle graph {folder / 'user_tower.onnx'} does not match manifest.json"
+
+
+def unreadable_graph(folder: Path) -> str:
+    """Not ONNX at all, its checksum fixed: onnxruntime's refusal becomes one clear error."""
+    (folder / "user_tower.onnx").write_bytes(b"not an onnx graph")
+    digest = hashlib.sha256(b"not an onnx graph").hexdigest()
+    edit_manifest(folder, lambda m: m["files"].update({"user_tower.onnx": digest}))
+    return f"bundle graph {folder / 'user_tower.onnx'} cannot be loaded"
+
+
+DAMAGES = [
+    remove_items,
+    remove_index,
+    remove_manifest,
+    flip_a_byte,
+    future_version,
+    rename_recorded_input,
+    swap_graphs,
+    unreadable_graph,
+]
+
+
+@pytest.mark.parametrize("damage", DAMAGES, ids=lambda f: f.__name__)
+def test_bad_bundle(capsys, bundle_dir, users, tmp_path, damage):
+    folder = Path(shutil.copytree(bundle_dir, tmp_path / "bundle"))
+    expected = damage(folder)
+    with pytest.raises(TwoTowerError) as error:
+        load_bundle(folder)
+    message = str(error.value)
+    assert message.startswith(expected), message
+    assert "\n" not in message
+    code, out, err = run(capsys, "recommend", "--bundle", folder, "--user-id", users[0])
+    assert code == 1 and out == ""
+    assert "Traceback" not in err
+    assert err.strip() == f"error: {message}"
+
+
+def test_bundle_folder_missing(capsys, tmp_path, users):
+    missing = tmp_path / "absent"
+    with pytest.raises(TwoTowerError, match=f"no bundle folder at {missing}"):
+        load_bundle(missing)
+    code, _, err = run(capsys, "recommend", "--bundle", missing, "--user-id", users[0])
+    assert code == 1 and err.startswith(f"error: no bundle folder at {missing}")
