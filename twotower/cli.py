@@ -62,6 +62,18 @@ def parse_assignment(text: str) -> tuple[str, Any]:
         return key.replace("-", "_"), value
 
 
+def registry_choices(kind: str) -> list[str] | None:
+    """The names a flag accepts; None while two plugins claim one name.
+
+    The command that needs that registry then fails naming both plugins,
+    and ``twotower plugins`` still runs to show the problem.
+    """
+    try:
+        return plugins.registry(kind).names()
+    except TwoTowerError:
+        return None
+
+
 def add_config_flags(parser: argparse.ArgumentParser, only: Sequence[str] | None = None) -> None:
     hints = typing.get_type_hints(TwoTowerConfig)
     defaults = TwoTowerConfig()
@@ -82,9 +94,10 @@ def add_config_flags(parser: argparse.ArgumentParser, only: Sequence[str] | None
         else:
             kwargs["type"] = field_type(hints[field.name])
             kwargs["metavar"] = field.name.upper()
-            if field.name in REGISTRY_OF:
-                kwargs["choices"] = plugins.registry(REGISTRY_OF[field.name]).names()
-                kwargs["metavar"] = "{" + ",".join(kwargs["choices"]) + "}"
+            names = registry_choices(REGISTRY_OF[field.name]) if field.name in REGISTRY_OF else None
+            if names is not None:
+                kwargs["choices"] = names
+                kwargs["metavar"] = "{" + ",".join(names) + "}"
         default = getattr(defaults, field.name)
         if field.name != "extra":
             help_text += f" (default: {default})"
@@ -407,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--format",
         default="onnx",
-        choices=plugins.formats().names(),
+        choices=registry_choices("formats"),
         help="export format plugin (default: onnx)",
     )
     export.add_argument("--out", type=Path, help="bundle folder (default: exports/<name>/)")

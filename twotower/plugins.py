@@ -10,6 +10,7 @@ third-party plugins load; set it to an empty string to load none.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 import warnings
@@ -72,20 +73,52 @@ def get_manager() -> Manager:
     pm.check_pending()
 
     allowed = os.environ.get("TWOTOWER_PLUGINS")
-    allowed_names = None if allowed is None else {n for n in allowed.split(",") if n}
+    allowed_names = None if allowed is None else {n.strip() for n in allowed.split(",")} - {""}
     for ep in entry_points(group="twotower"):
         if allowed_names is not None and ep.name not in allowed_names:
             continue
         version = ep.dist.version if ep.dist else "?"
+        if ep.name in plugins:  # two distributions claim one name: keep the first
+            where = f"{ep.name} ({ep.dist.name if ep.dist else ep.value})"
+            plugins[where] = PluginInfo(where, version, builtin=False)
+            _report_failure(plugins, where, f"plugin name {ep.name!r} is already taken")
+            continue
         plugins[ep.name] = PluginInfo(ep.name, version, builtin=False)
         try:
-            pm.register(ep.load(), ep.name)
-            pm.check_pending()
+            _register(pm, ep.load(), ep.name)
         except Exception as exc:  # a broken plugin must not break the rest
-            if pm.get_plugin(ep.name) is not None:
-                pm.unregister(name=ep.name)
             _report_failure(plugins, ep.name, f"{type(exc).__name__}: {exc}")
     return Manager(pm, plugins)
+
+
+def _register(pm: pluggy.PluginManager, plugin: Any, name: str) -> None:
+    """Register ``plugin`` and check its hook names; on failure leave ``pm`` as it was.
+
+    A misspelled hook (``register_retriever``) would otherwise be silently
+    never called; the error suggests the hook that was meant.
+    """
+    try:
+        pm.register(plugin, name)
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        if pm.get_plugin(name) is plugin:
+            pm.unregister(plugin, name)
+        hooks = [hook for hook, _ in KINDS.values()]
+        hints = []
+        for hook in hooks_of(plugin):
+            meant = difflib.get_close_matches(hook, hooks, n=1)
+            if hook not in hooks and meant:
+                hints.append(f"{hook!r} is not a twotower hook (did you mean {meant[0]!r}?)")
+        raise pluggy.PluginValidationError(plugin, "; ".join(hints) or str(exc)) from exc
+
+
+def hooks_of(plugin: Any) -> list[str]:
+    """Names of the ``@hookimpl`` functions of ``plugin``."""
+    return [
+        name
+        for name in dir(plugin)
+        if getattr(getattr(plugin, name, None), "twotower_impl", None) is not None
+    ]
 
 
 def _report_failure(plugins: dict[str, PluginInfo], plugin: str, error: str) -> None:
@@ -98,12 +131,7 @@ def _report_failure(plugins: dict[str, PluginInfo], plugin: str, error: str) -> 
 def add_plugin(plugin: Any, name: str) -> None:
     """Register a plugin object at run time (tests, notebooks); resets registries."""
     manager = get_manager()
-    manager.pm.register(plugin, name)
-    try:
-        manager.pm.check_pending()
-    except Exception:
-        manager.pm.unregister(name=name)
-        raise
+    _register(manager.pm, plugin, name)
     manager.plugins[name] = PluginInfo(name, "runtime", builtin=False)
     registry.cache_clear()
 
@@ -154,20 +182,23 @@ def registry(kind: str) -> Registry:
     manager = get_manager()
     hook_name = KINDS[kind][0]
     result = Registry(kind)
+    found: list[tuple[str, Any, str]] = []
     for impl in getattr(manager.pm.hook, hook_name).get_hookimpls():
         collected: list[tuple[str, Any]] = []
-        try:
-            impl.function(
-                register=lambda name, component, into=collected: into.append((name, component))
-            )
+        arguments = {
+            "register": lambda name, component, into=collected: into.append((name, component))
+        }
+        try:  # an implementation may take fewer arguments than the spec (pluggy's rule)
+            impl.function(**{arg: arguments[arg] for arg in impl.argnames})
         except Exception as exc:  # a plugin whose hook raises is reported, not fatal
             _report_failure(manager.plugins, impl.plugin_name, f"{hook_name} raised {exc!r}")
             continue
-        for name, component in collected:
-            result.add(name, component, impl.plugin_name)
+        found += [(name, component, impl.plugin_name) for name, component in collected]
         info = manager.plugins.get(impl.plugin_name)
         if info is not None:
             info.registered[kind] = [name for name, _ in collected]
+    for name, component, plugin in found:  # after recording, so `twotower plugins` shows both
+        result.add(name, component, plugin)
     return result
 
 
