@@ -1,0 +1,132 @@
+"""``twotower.testing``: every built-in passes its contract check, and each check
+catches the breakage it promises to catch (on small broken components)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from twotower import plugins, testing
+from twotower.export.torchscript import TorchScriptFormat, TorchTowers
+from twotower.losses import InBatchSoftmax
+from twotower.retrievers.exact import FILE, ExactRetriever
+from twotower.towers.mean import MeanEncoder
+
+
+@pytest.mark.parametrize("name", plugins.user_encoders().names())
+def test_built_in_user_encoder_keeps_the_contract(name):
+    testing.check_user_encoder(name)
+
+
+@pytest.mark.parametrize("name", plugins.losses().names())
+def test_built_in_loss_keeps_the_contract(name):
+    testing.check_loss(name)
+
+
+@pytest.mark.parametrize("name", plugins.retrievers().names())
+def test_built_in_retriever_keeps_the_contract(name):
+    testing.check_retriever(name)
+
+
+@pytest.mark.parametrize("name", plugins.formats().names())
+def test_built_in_format_keeps_the_contract(name):
+    testing.check_format(name)
+
+
+# --- the checks fail on broken components --------------------------------------------
+
+
+class ColdUserNaN(MeanEncoder):
+    """Divides by the history length without a floor: a cold user gets NaN."""
+
+    def forward(self, user_ids, history, history_mask):
+        x = self.item_embedding(history).masked_fill(~history_mask.unsqueeze(-1), 0.0)
+        summary = x.sum(dim=1) / history_mask.sum(dim=1, keepdim=True)  # 0 / 0 when cold
+        return self.head(summary, user_ids)
+
+
+def test_check_user_encoder_catches_a_non_finite_cold_user():
+    with pytest.raises(AssertionError, match="cold user gets a non-finite vector"):
+        testing.check_user_encoder(ColdUserNaN)
+    assert "checked-ColdUserNaN" not in plugins.user_encoders()  # registered for the check only
+
+
+class Ascending(InBatchSoftmax):
+    """Rewards the wrong item: the negated in-batch softmax."""
+
+    def __call__(self, user_vecs, item_vecs, temperature, batch):
+        return -super().__call__(user_vecs, item_vecs, temperature, batch)
+
+
+class Detached(InBatchSoftmax):
+    def __call__(self, user_vecs, item_vecs, temperature, batch):
+        return super().__call__(user_vecs.detach(), item_vecs, temperature, batch)
+
+
+def test_check_loss_catches_a_loss_that_prefers_shuffled_pairs():
+    with pytest.raises(AssertionError, match="not lower than"):
+        testing.check_loss(Ascending)
+
+
+def test_check_loss_catches_a_loss_without_user_gradients():
+    with pytest.raises(AssertionError, match="gradient reaches the user vectors"):
+        testing.check_loss(Detached)
+
+
+class IgnoresExclusion(ExactRetriever):
+    def search(self, queries, k, exclude=None):
+        return super().search(queries, k)
+
+
+class WorstFirst(ExactRetriever):
+    def search(self, queries, k, exclude=None):
+        ids, scores = super().search(queries, k, exclude)
+        return ids[:, ::-1].copy(), scores[:, ::-1].copy()
+
+
+class NoFiles(ExactRetriever):
+    """Loads an empty index from a folder without its file, instead of raising."""
+
+    @classmethod
+    def load(cls, directory):
+        path = Path(directory) / FILE
+        return cls(np.load(path) if path.is_file() else np.zeros((0, 16), dtype=np.float32))
+
+
+@pytest.mark.parametrize(
+    ("retriever", "message"),
+    [
+        (IgnoresExclusion, "excluded items"),
+        (WorstFirst, "not best first"),
+        (NoFiles, "must raise"),
+    ],
+)
+def test_check_retriever_catches_broken_search(retriever, message):
+    with pytest.raises(AssertionError, match=message):
+        testing.check_retriever(retriever)
+
+
+class Drifting(TorchScriptFormat):
+    """Loads towers whose user vectors are off by 1e-3."""
+
+    def load(self, bundle_dir, threads=1):
+        towers = super().load(bundle_dir, threads)
+        return Shifted(towers.user, towers.item, threads)
+
+
+class Shifted(TorchTowers):
+    def encode_users(self, user_ids, history, history_mask):
+        return super().encode_users(user_ids, history, history_mask) + np.float32(1e-3)
+
+
+def test_check_format_catches_drifting_towers():
+    with pytest.raises(AssertionError, match=r"user tower.*max abs diff"):
+        testing.check_format(Drifting)
+
+
+def test_tiny_fixture_is_small():
+    split = testing.tiny_split()
+    assert split.num_users <= 40 and split.num_items <= 30
+    assert testing.tiny_config().max_history_len <= 8
