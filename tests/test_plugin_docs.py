@@ -1,0 +1,126 @@
+"""Meta-tests that keep the plugin surface honest (datasette's habit).
+
+Every hookspec must have a test named after it in tests/test_plugins.py and a
+heading in docs/plugins.md whose signature matches the spec; every example
+in the docs compiles, and each hook's example runs and registers something.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import re
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from twotower import api, hookspecs, plugins, testing
+
+REPO = Path(__file__).resolve().parents[1]
+DOCS = (REPO / "docs" / "plugins.md").read_text(encoding="utf-8")
+HOOKS = {
+    name: spec
+    for name, spec in vars(hookspecs).items()
+    if callable(spec) and hasattr(spec, "twotower_spec")
+}
+HEADING = re.compile(r"^(#+) `(\w+)\(([^)]*)\)`\s*$", re.MULTILINE)
+CODE = re.compile(r"```python\n(.*?)```", re.DOTALL)
+
+
+def documented_hooks() -> dict[str, tuple[list[str], str]]:
+    """hook name -> (argument names in its heading, the text of its section)."""
+    headings = list(HEADING.finditer(DOCS))
+    sections = {}
+    for match in headings:
+        level = len(match.group(1))
+        end = re.compile(rf"^#{{1,{level}}} ", re.MULTILINE).search(DOCS, match.end())
+        arguments = [a.strip() for a in match.group(3).split(",") if a.strip()]
+        sections[match.group(2)] = (arguments, DOCS[match.end() : end.start() if end else None])
+    return sections
+
+
+def test_hookspecs_are_found():
+    assert set(HOOKS) == {hook for hook, _ in plugins.KINDS.values()}
+
+
+def test_every_hook_has_a_test_named_after_it():
+    tree = ast.parse((REPO / "tests" / "test_plugins.py").read_text(encoding="utf-8"))
+    tests = [n.name for n in tree.body if isinstance(n, ast.FunctionDef) and n.name[:5] == "test_"]
+    untested = [hook for hook in HOOKS if not any(hook in test for test in tests)]
+    assert not untested, f"hooks without a test named after them in test_plugins.py: {untested}"
+
+
+@pytest.mark.parametrize("hook", sorted(HOOKS))
+def test_every_hook_has_a_heading_with_its_signature(hook):
+    sections = documented_hooks()
+    assert hook in sections, f"docs/plugins.md has no heading `{hook}(...)`"
+    arguments, _ = sections[hook]
+    assert arguments == list(inspect.signature(HOOKS[hook]).parameters), (
+        f"docs/plugins.md documents {hook}({', '.join(arguments)})"
+    )
+
+
+def test_every_documented_hook_exists():
+    assert set(documented_hooks()) <= set(HOOKS)
+
+
+def test_every_code_example_compiles():
+    for number, source in enumerate(CODE.findall(DOCS), start=1):
+        compile(source, f"docs/plugins.md, python block {number}", "exec")
+
+
+def run_example(hook: str) -> tuple[str, object]:
+    """Execute the first example of ``hook``'s section as a module; register it.
+
+    Returns the one name it registers and its component; the caller removes
+    the plugin ``docs-example``.
+    """
+    source = CODE.findall(documented_hooks()[hook][1])[0]
+    module = types.ModuleType(f"docs_example_{hook}")
+    exec(compile(source, f"docs/plugins.md, {hook}", "exec"), module.__dict__)
+    plugins.add_plugin(module, "docs-example")
+    kind = next(kind for kind, (name, _) in plugins.KINDS.items() if name == hook)
+    registry = plugins.registry(kind)
+    (name,) = [n for n in registry.names() if registry.plugin_of(n) == "docs-example"]
+    return name, registry.get(name)
+
+
+@pytest.fixture()
+def example():
+    try:
+        yield run_example
+    finally:
+        if plugins.get_manager().pm.get_plugin("docs-example") is not None:
+            plugins.remove_plugin("docs-example")
+
+
+def test_user_encoder_example_runs(example):
+    _, cls = example("register_user_encoders")
+    encoder = cls(testing.tiny_config(), torch.nn.Embedding(6, 16, padding_idx=0), 3).eval()
+    history = torch.tensor([[0, 0], [4, 5]])  # a cold user and a two-item history
+    vectors = encoder(torch.tensor([0, 2]), history, history != 0)
+    assert vectors.shape == (2, 16) and torch.isfinite(vectors).all()
+
+
+def test_loss_example_keeps_the_contract(example):
+    name, _ = example("register_losses")
+    testing.check_loss(name)
+
+
+def test_retriever_example_keeps_the_contract(example):
+    _, cls = example("register_retrievers")
+    testing.check_retriever(cls)
+
+
+def test_format_example_keeps_the_contract(example):
+    _, cls = example("register_formats")
+    testing.check_format(cls)
+
+
+def test_dataset_example_loads_and_splits(example):
+    name, _ = example("register_datasets")
+    split = api.prepare(testing.tiny_config(dataset=name))
+    assert (split.num_users, split.num_items) == (4, 6)
+    assert split.genre_names == ["comedy", "drama"]
