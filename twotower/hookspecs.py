@@ -47,7 +47,7 @@ def register_losses(register: Register) -> None:
     a callable ``loss(user_vecs[B, d], item_vecs[B, d], temperature, batch) ->
     scalar Tensor``. ``item_counts`` is a float tensor of training-set
     frequencies indexed by item index (index 0 is padding). ``batch`` is a
-    ``twotower.train.TrainBatch``: its ``target_items`` are the rows of
+    ``twotower.losses.TrainBatch``: its ``target_items`` are the rows of
     ``item_vecs`` and ``encode_items(ids)`` encodes any other items (sampled
     negatives, the whole catalog).
     """
