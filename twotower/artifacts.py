@@ -122,7 +122,8 @@ def read_manifest(folder: Path, kind: str = "artifacts", format_version: int = F
     folder = Path(folder)
     path = folder / MANIFEST
     if not folder.is_dir():
-        raise TwoTowerError(f"no {kind} folder at {folder}; run `twotower fit` first")
+        command = "twotower export" if kind == "bundle" else "twotower fit"
+        raise TwoTowerError(f"no {kind} folder at {folder}; run `{command}` first")
     if not path.is_file():
         raise TwoTowerError(f"{path} is missing: {folder} is not a complete {kind} folder")
     try:

@@ -49,7 +49,7 @@ class TwoTowerConfig:
     num_layers: int = opt(2, "Transformer blocks / GRU layers")
     num_heads: int = opt(4, "attention heads")
     dropout: float = opt(0.1, "dropout in both towers")
-    pooling: str = opt("mean", "Transformer pooling: mean (of the history) or last (item)")
+    pooling: str = opt("last", "Transformer pooling: last (item's output) or mean (of history)")
     causal: bool = opt(True, "Transformer attends to earlier items only (allows sequence training)")
     use_user_id: bool = opt(True, "join a learned user-ID embedding to the history summary")
     use_item_features: bool = opt(True, "add genre embeddings in the item tower")
@@ -60,19 +60,20 @@ class TwoTowerConfig:
     max_temperature: float = opt(1.0, "upper clamp of the learned temperature")
 
     # --- training -----------------------------------------------------------
-    loss: str = opt("inbatch-softmax", "loss plugin")
+    loss: str = opt("logq-softmax", "loss plugin")
     train_mode: str = opt(
         "auto", "prefix (one example per target), sequence (causal windows) or auto"
     )
     mask_accidental_hits: bool = opt(
-        True, "an item that is two rows' positive is neither's negative"
+        False, "an item that is two rows' positive is neither's negative"
     )
     num_negatives: int = opt(256, "uniform negatives per batch of the mixed-negatives loss")
-    batch_size: int = opt(256, "examples per batch (windows per batch in sequence mode)")
-    lr: float = opt(1e-3, "AdamW learning rate")
+    batch_size: int = opt(256, "examples per batch in prefix training")
+    sequence_batch_size: int = opt(32, "windows per batch in sequence training (~40 examples each)")
+    lr: float = opt(3e-3, "AdamW learning rate")
     weight_decay: float = opt(0.01, "AdamW weight decay")
-    epochs: int = opt(30, "most epochs to train")
-    patience: int = opt(3, "stop after this many epochs without a better valid Recall@K")
+    epochs: int = opt(60, "most epochs to train")
+    patience: int = opt(6, "stop after this many epochs without a better valid Recall@K")
     seed: int = opt(0, "random seed (same seed and threads give the same metrics on CPU)")
     device: str = opt("cpu", "torch device: cpu, cuda, cuda:1, mps")
     num_threads: int | None = opt(None, "torch CPU threads (default: torch's choice)")

@@ -126,16 +126,17 @@ def train(
     mode = resolve_train_mode(config, model)
     if mode == "prefix":
         data = training_examples(split, config.max_history_len)
-        make_batches, size = prefix_batches, len(data)
+        make_batches, size, batch_size = prefix_batches, len(data), config.batch_size
     else:
         data = training_windows(split, config.max_history_len)
         make_batches, size = window_batches, int((data.targets != 0).sum())
+        batch_size = config.sequence_batch_size
     loss_fn = plugins.losses().get(config.loss)(config, item_counts(split, split.num_items))
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
     generator = torch.Generator().manual_seed(config.seed)
-    steps_per_epoch = -(-len(data) // config.batch_size)
+    steps_per_epoch = -(-len(data) // batch_size)
 
     best: dict[str, Any] = {"score": -1.0, "epoch": 0, "state": None, "valid": {}}
     log: list[dict[str, Any]] = []
@@ -143,7 +144,7 @@ def train(
     for epoch in range(1, config.epochs + 1):
         model.train()
         started, total_loss = time.perf_counter(), 0.0
-        for step, arrays in enumerate(make_batches(data, config.batch_size, generator), start=1):
+        for step, arrays in enumerate(make_batches(data, batch_size, generator), start=1):
             user_ids, history, mask, user_vecs, targets = encode_batch(model, mode, *arrays, device)
             batch = TrainBatch(
                 user_ids, history, mask, targets, model.encode_items, split.num_items

@@ -17,12 +17,15 @@ class MeanEncoder(nn.Module):
         super().__init__()
         dim = item_embedding.embedding_dim
         self.item_embedding = item_embedding
+        self.max_len = config.max_history_len
         self.dropout = nn.Dropout(config.dropout)
         self.head = UserHead(dim, num_users, config.use_user_id, config.dropout, config.normalize)
 
     def forward(
         self, user_ids: torch.Tensor, history: torch.Tensor, history_mask: torch.Tensor
     ) -> torch.Tensor:
+        history = history[:, -self.max_len :]  # longer histories keep their recent items
+        history_mask = history_mask[:, -self.max_len :]
         x = self.dropout(self.item_embedding(history))  # [B, L, d]
         return self.head(masked_mean(x, history_mask), user_ids)
 
