@@ -210,7 +210,7 @@ def test_mixed_negatives_masks_in_batch_accidental_hits():
     # both rows have item 1 as positive; with no sampled negative but item 3
     users = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
     targets = batch([1, 1])
-    loss_fn = make(MixedNegatives, num_negatives=1)
+    loss_fn = make(MixedNegatives, num_negatives=1, mask_accidental_hits=True)
     torch.manual_seed(0)
     sampled = torch.randint(1, 4, (1,)).tolist()
     assert sampled == [3]

@@ -90,9 +90,15 @@ def preamble(result: dict[str, Any], title: str) -> list[str]:
 def markdown(result: dict[str, Any], suite: str) -> str:
     if suite == "serving":
         title, columns, rows = "Serving benchmark", SERVING, result["rows"]
+        headline = result["headline"]
         intro = (
             f"{result['test_users']} test users, {result['num_items']} items, "
-            f"{result['repeats']} interleaved repetitions after warm-up."
+            f"{result['repeats']} interleaved repetitions after warm-up.\n\n"
+            f"- onnxruntime user tower p50 at batch 1 / PyTorch eager's: "
+            f"{headline['onnx_over_torch_user_p50_b1']:.3f}\n"
+            f"- `Bundle.recommend` (ONNX + HNSW, seen items excluded, k=10): p50 "
+            f"{headline['bundle_recommend_p50_ms']:.3f} ms, p99 "
+            f"{headline['bundle_recommend_p99_ms']:.3f} ms"
         )
     elif suite == "scale":
         title, columns, rows = "Scale benchmark", SCALE, result["rows"]

@@ -1,10 +1,12 @@
 """Serving suite: every tower runtime crossed with every retriever, on the test users.
 
-Rows are ``runtime x retriever``. Runtimes are PyTorch eager (``torch``), each
-registered export format, and ``onnx-int8``; retrievers are every registered
-retriever. Accuracy (Recall@10, MRR@10) is computed through the very pipeline
-that is timed, and ``overlap@10`` compares its top-10 with the exact PyTorch
-pipeline's.
+Rows are ``runtime x retriever``. Runtimes are PyTorch eager (``torch``),
+each registered export format, and ``onnx-int8``; retrievers are every
+registered retriever. The headline adds onnxruntime's user-tower latency as a
+fraction of eager PyTorch's, and the end-to-end ``Bundle.recommend`` latency
+(ONNX user tower + HNSW, seen items excluded). Accuracy (Recall@10, MRR@10)
+is computed through the very pipeline that is timed, and ``overlap@10``
+compares its top-10 with the exact PyTorch pipeline's.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from .. import artifacts as files
 from .. import plugins
 from ..data.padding import pad_left
 from ..errors import TwoTowerError
+from ..serving import load_bundle
 from .timing import environment, interleaved, p50_p99, pinned_threads
 
 K = 10
@@ -91,6 +94,12 @@ def search_call(index, searches: list[tuple]) -> Callable[[], object]:
         return index.search(vector, K, exclude=exclude)
 
     return call
+
+
+def recommend_call(bundle, user_ids: list[str]) -> Callable[[], object]:
+    """One end-to-end ``Bundle.recommend`` per invocation, for the next user."""
+    next_user = rotating(user_ids)
+    return lambda: bundle.recommend(next_user(), k=K, exclude_seen=True)
 
 
 def pipeline_top10(towers, item_vectors, index, users, histories, max_len) -> np.ndarray:
@@ -171,6 +180,9 @@ def run(
             searches = [(vectors[j : j + 1], [histories[i] - 1]) for j, i in enumerate(picked)]
             for retriever in plugins.retrievers().names():
                 calls[name, retriever] = search_call(indexes[name, retriever], searches)
+        bundle = load_bundle(exports_dir / "bench-onnx", retriever="hnsw", threads=threads)
+        user_ids = [recommender.user_ids[users[i] - 1] for i in picked]
+        calls["bundle", "recommend"] = recommend_call(bundle, user_ids)
         samples = interleaved(calls, repeats)
 
     rows = []
@@ -193,8 +205,16 @@ def run(
                 **scores,
             }
         )
+    recommend = p50_p99(samples["bundle", "recommend"])
+    eager, onnx = np.median(samples["torch", "b1"]), np.median(samples["onnx", "b1"])
+    headline = {
+        "onnx_over_torch_user_p50_b1": float(onnx / eager),
+        "bundle_recommend_p50_ms": recommend[0],
+        "bundle_recommend_p99_ms": recommend[1],
+    }
     return {
         **environment(thread_counts),
+        "headline": headline,
         "repeats": repeats,
         "test_users": len(users),
         "num_items": len(catalog),

@@ -76,7 +76,9 @@ def run(
                 notify(f"[{len(runs) + 1}/{total}] {encoder} + {loss}, seed {seed}")
                 config = base.replace(user_encoder=encoder, loss=loss, seed=seed)
                 runs.append(one_run(config))
-    threads = {"torch": base.num_threads or 0}
+    import torch
+
+    threads = {"torch": base.num_threads or torch.get_num_threads()}
     return {
         **environment(threads),
         "config": base.to_dict(),

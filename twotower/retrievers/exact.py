@@ -9,6 +9,7 @@ import numpy as np
 from . import Exclude, select_top_k
 
 FILE = "exact_index.npy"
+SCORES_PER_BLOCK = 1 << 24  # 64 MiB of float32 scores
 
 
 class ExactRetriever:
@@ -28,7 +29,17 @@ class ExactRetriever:
         self, queries: np.ndarray, k: int, exclude: Exclude = None
     ) -> tuple[np.ndarray, np.ndarray]:
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
-        return select_top_k(queries @ self.vectors.T, k, exclude)
+        # score a block of queries at a time, so a big catalog never needs a huge matrix
+        block = max(1, SCORES_PER_BLOCK // max(1, len(self.vectors)))
+        parts = [
+            select_top_k(
+                queries[start : start + block] @ self.vectors.T,
+                k,
+                None if exclude is None else exclude[start : start + block],
+            )
+            for start in range(0, len(queries), block)
+        ]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def save(self, directory: Path) -> list[Path]:
         path = Path(directory) / FILE

@@ -30,6 +30,7 @@ class HnswOptions:
     ef_construction: int = 200  # candidate list while building
     ef: int = 100  # candidate list while searching (raised to k + |excluded|)
     seed: int = 0
+    build_threads: int = 1  # threads adding items; 1 builds the same graph every time
 
 
 class HnswRetriever:
@@ -51,7 +52,7 @@ class HnswRetriever:
             ef_construction=options.ef_construction,
             random_seed=options.seed,
         )
-        index.add_items(vectors, np.arange(len(vectors)), num_threads=1)
+        index.add_items(vectors, np.arange(len(vectors)), num_threads=options.build_threads)
         index.set_ef(options.ef)
         return cls(index, options)
 

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Every tower runtime x every retriever on the ML-100K test users, plus the
+# headline ratios: onnxruntime vs eager user tower at batch 1, and end-to-end
+# Bundle.recommend latency. Needs the artifacts of `make fit`; bundles are
+# exported into exports/bench-* on first use.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+.venv/bin/twotower bench --suite serving --repeats 500 \
+  --json benchmarks/results/serving.json --markdown benchmarks/results/serving.md "$@"
