@@ -326,3 +326,16 @@ def test_console_script_reports_one_line_and_exit_code(artifacts_dir):
     assert result.stderr.strip() == f"error: artifacts file {path} is corrupted" + (
         " (sha256 does not match manifest)"
     )
+
+
+def test_a_device_this_machine_lacks_is_one_line(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    code = main(["fit", "--dataset", "synthetic", "--data-dir", str(tmp_path), "--device", "cuda"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.strip().splitlines()[-1].startswith("error: device 'cuda' is not usable here")
+    assert "Traceback" not in err
+    assert not (tmp_path / "artifacts").exists()

@@ -12,7 +12,7 @@ import torch
 from twotower.config import TwoTowerConfig
 from twotower.data.dataset import Dataset
 from twotower.data.split import make_split
-from twotower.evaluate import evaluate_popularity, popularity_scores, seen_mask
+from twotower.evaluation import evaluate_popularity, popularity_scores, seen_mask
 from twotower.metrics import metric_ks, metrics_from_ranks, target_ranks
 
 

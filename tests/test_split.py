@@ -9,12 +9,8 @@ import pandas as pd
 import pytest
 
 from twotower.data.dataset import Dataset
-from twotower.data.split import (
-    make_split,
-    pad_left,
-    training_examples,
-    training_windows,
-)
+from twotower.data.padding import pad_left
+from twotower.data.split import make_split, training_examples, training_windows
 from twotower.data.synthetic import generate
 from twotower.errors import TwoTowerError
 

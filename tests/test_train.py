@@ -81,3 +81,11 @@ def test_popularity_is_reported_beside_the_model(tmp_path):
     result = fit(tiny_config(tmp_path), progress=False)
     assert set(result.popularity) == {"valid", "test"}
     assert 0.0 < result.popularity["test"]["recall@50"] <= 1.0
+
+
+def test_api_names_are_functions_even_after_every_module_is_imported():
+    import twotower
+    import twotower.evaluation  # a module named like the API function would shadow it
+    import twotower.train
+
+    assert callable(twotower.evaluate) and callable(twotower.fit) and callable(twotower.load)

@@ -22,7 +22,7 @@ from .data.dataset import Dataset
 from .data.padding import pad_left
 from .data.split import Split, make_split
 from .errors import TwoTowerError
-from .evaluate import evaluate_model, evaluate_popularity
+from .evaluation import evaluate_model, evaluate_popularity
 from .progress import TrainingProgress
 from .recommendation import Recommendation, check_k, unknown_user
 from .towers.model import TwoTowerModel
@@ -43,6 +43,16 @@ class FitResult:
     seconds: float = 0.0
 
 
+def check_device(device: str) -> None:
+    """Fail early, in one line, on a device this machine does not have."""
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        reason = reason if len(reason) <= 120 else reason[:117] + "..."
+        raise TwoTowerError(f"device {device!r} is not usable here ({reason})") from None
+
+
 def load_dataset(config: TwoTowerConfig) -> Dataset:
     return plugins.datasets().get(config.dataset)(config)
 
@@ -55,6 +65,7 @@ def prepare(config: TwoTowerConfig) -> Split:
 def fit(config: TwoTowerConfig, progress: bool = True) -> FitResult:
     """Train on ``config``'s dataset, evaluate on test once, and write the artifacts."""
     started = time.perf_counter()
+    check_device(config.device)
     for kind, name in (("user_encoders", config.user_encoder), ("losses", config.loss)):
         plugins.registry(kind).get(name)  # fail on a bad name before any work
     split = prepare(config)

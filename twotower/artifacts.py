@@ -86,6 +86,7 @@ def staged_folder(target: Path, kind: str = "artifacts") -> Iterator[Path]:
         )
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-", dir=target.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
     try:
         yield staging
         previous = target.with_name(f".{target.name}.previous-{os.getpid()}")

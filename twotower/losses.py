@@ -77,7 +77,7 @@ class FullSoftmax:
     """Cross-entropy over the whole catalog: every item is a negative."""
 
     def __init__(self, config, item_counts: torch.Tensor):
-        self.num_items = len(item_counts) - 1
+        pass  # nothing to precompute: the catalog is encoded anew at every step
 
     def __call__(self, user_vecs, item_vecs, temperature, batch: TrainBatch) -> torch.Tensor:
         catalog = torch.arange(1, batch.num_items + 1, device=user_vecs.device)

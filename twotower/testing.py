@@ -176,8 +176,8 @@ def assert_towers_match(what: str, model: TwoTowerModel, towers: Any, items: boo
 
 def check_user_encoder(encoder: str | type, **config_changes: Any) -> None:
     """A user encoder trains, gives finite [B, d] vectors (unit length when the config
-    normalises), ignores left padding, keeps a cold user finite and exports to ONNX
-    with parity (dynamic batch and history length).
+    normalises), ignores left padding, keeps a cold user finite and exports in every
+    registered format with parity (dynamic batch and history length).
     """
     from .train import train
 
@@ -191,10 +191,12 @@ def check_user_encoder(encoder: str | type, **config_changes: Any) -> None:
             assert losses[-1] < losses[0], f"{what}: training loss did not decrease: {losses}"
         model = result.model.eval()
         check_user_vectors(what, model, config)
-        onnx = plugins.formats().get("onnx")()
-        with tempfile.TemporaryDirectory() as folder:
-            onnx.export(model, Path(folder))
-            assert_towers_match(f"{what} exported to onnx", model, onnx.load(Path(folder)), False)
+        for format_name in plugins.formats().names():
+            exporter = plugins.formats().get(format_name)()
+            with tempfile.TemporaryDirectory() as folder:
+                exporter.export(model, Path(folder))
+                towers = exporter.load(Path(folder))
+                assert_towers_match(f"{what} exported to {format_name}", model, towers, False)
 
 
 def check_user_vectors(what: str, model: TwoTowerModel, config: TwoTowerConfig) -> None:

@@ -20,7 +20,7 @@ import torch
 from . import plugins
 from .data.split import Examples, Split, Windows, training_examples, training_windows
 from .errors import TwoTowerError
-from .evaluate import evaluate_model
+from .evaluation import evaluate_model
 from .losses import TrainBatch
 from .towers.model import TwoTowerModel
 

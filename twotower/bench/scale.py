@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..retrievers.exact import ExactRetriever
-from ..retrievers.hnsw import HnswRetriever
+from ..retrievers.hnsw import INDEX_FILE, HnswRetriever
 from .timing import environment, interleaved, p50_p99, pinned_threads
 
 DIM = 64
@@ -38,10 +38,27 @@ def clustered(count: int, clusters: int, rng: np.random.Generator, centres=None)
     return vectors.astype(np.float32), centres
 
 
-def resident_mib() -> float:
-    import psutil
+LOAD_AND_MEASURE = """
+import sys, hnswlib, psutil
+process = psutil.Process()
+before = process.memory_info().rss
+index = hnswlib.Index(space="ip", dim=int(sys.argv[2]))
+index.load_index(sys.argv[1])
+print((process.memory_info().rss - before) / 2**20)
+"""
 
-    return psutil.Process().memory_info().rss / 2**20
+
+def loaded_mib(index_file: Path, dim: int) -> float:
+    """Memory an HNSW index takes once loaded, measured in a fresh process.
+
+    Measuring inside this process is unreliable: the allocator reuses memory
+    freed by earlier builds and searches, so the resident size barely moves.
+    """
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-c", LOAD_AND_MEASURE, str(index_file), str(dim)]
+    return float(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
 
 
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
@@ -89,14 +106,13 @@ def one_size(
     )
     for m, efc in settings:
         notify(f"{count:,} items: HNSW M={m} ef_construction={efc}")
-        before = resident_mib()
         started = time.perf_counter()
         index = HnswRetriever.build(items, m=m, ef_construction=efc, build_threads=build_threads)
         build_s = time.perf_counter() - started
-        memory = resident_mib() - before
         with tempfile.TemporaryDirectory() as tmp:
             index.save(Path(tmp))
-            file_mib = (Path(tmp) / "hnsw_index.bin").stat().st_size / 2**20
+            file_mib = (Path(tmp) / INDEX_FILE).stat().st_size / 2**20
+            memory = loaded_mib(Path(tmp) / INDEX_FILE, DIM)
         for ef in grid["ef"]:
             index.options.ef = ef
             found = index.search(probes, K)[0]

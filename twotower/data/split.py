@@ -13,7 +13,6 @@ import pandas as pd
 
 from ..errors import TwoTowerError
 from .dataset import Dataset
-from .padding import pad_left  # noqa: F401  (re-exported: callers import it from here)
 
 
 @dataclass

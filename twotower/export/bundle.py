@@ -139,10 +139,13 @@ def quantize_int8(folder: Path, names: tuple[str, ...]) -> None:
     """Dynamic int8 quantization of the ONNX graphs in place."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    from .quiet import quiet_exporter
+
     for name in names:
         source = folder / name
         target = folder / f"{name}.int8"
-        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+        with quiet_exporter(""):
+            quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
         target.replace(source)
 
 

@@ -7,10 +7,6 @@ imports it when called, the runtime needs only onnxruntime and numpy.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +14,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..errors import TwoTowerError
+from .quiet import quiet_exporter
 
 OPSET = 20
 USER_FILE = "user_tower.onnx"
@@ -71,22 +68,6 @@ def describe(session: ort.InferenceSession) -> dict[str, Any]:
         "inputs": [entry(arg) for arg in session.get_inputs()],
         "outputs": [entry(arg) for arg in session.get_outputs()],
     }
-
-
-@contextlib.contextmanager
-def quiet_exporter():
-    """Silence the exporter's progress prints, warnings and logs; errors still raise."""
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "torch.export")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
 
 
 def remainder_scalar(self, other):

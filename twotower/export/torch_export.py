@@ -47,27 +47,29 @@ class TorchExportFormat:
     def export(self, model, out_dir: Path) -> list[Path]:
         import torch
 
+        from .quiet import quiet_exporter
         from .towers import example_inputs, towers
 
         user_tower, item_tower = towers(model)
         user_example, item_example = example_inputs(model)
         batch, length = torch.export.Dim("batch"), torch.export.Dim("history_length")
         fixed_length = None
-        try:
-            user_program = torch.export.export(
-                user_tower,
-                user_example,
-                dynamic_shapes=({0: batch}, {0: batch, 1: length}, {0: batch, 1: length}),
+        with quiet_exporter():
+            try:
+                user_program = torch.export.export(
+                    user_tower,
+                    user_example,
+                    dynamic_shapes=({0: batch}, {0: batch, 1: length}, {0: batch, 1: length}),
+                )
+            except Exception:  # the history length cannot be symbolic for this encoder
+                fixed_length = model.max_history_len
+                user_example, _ = example_inputs(model, length=fixed_length)
+                user_program = torch.export.export(
+                    user_tower, user_example, dynamic_shapes=({0: batch}, {0: batch}, {0: batch})
+                )
+            item_program = torch.export.export(
+                item_tower, item_example, dynamic_shapes=({0: torch.export.Dim("items")},)
             )
-        except Exception:  # the history length cannot be symbolic for this encoder
-            fixed_length = model.max_history_len
-            user_example, _ = example_inputs(model, length=fixed_length)
-            user_program = torch.export.export(
-                user_tower, user_example, dynamic_shapes=({0: batch}, {0: batch}, {0: batch})
-            )
-        item_program = torch.export.export(
-            item_tower, item_example, dynamic_shapes=({0: torch.export.Dim("items")},)
-        )
         out_dir = Path(out_dir)
         torch.export.save(user_program, str(out_dir / USER_FILE))
         torch.export.save(item_program, str(out_dir / ITEM_FILE))

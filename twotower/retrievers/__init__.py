@@ -9,6 +9,13 @@ import numpy as np
 Exclude = Sequence[Collection[int]] | None
 
 
+def as_ids(ids: Collection[int]) -> np.ndarray:
+    """Row numbers as an int64 array, without a Python loop when they already are one."""
+    if isinstance(ids, np.ndarray):
+        return ids.astype(np.int64, copy=False)
+    return np.fromiter(ids, dtype=np.int64, count=len(ids))
+
+
 def select_top_k(scores: np.ndarray, k: int, exclude: Exclude) -> tuple[np.ndarray, np.ndarray]:
     """Best ``k`` columns per row of ``scores[Q, N]``, skipping excluded ones.
 
@@ -19,7 +26,7 @@ def select_top_k(scores: np.ndarray, k: int, exclude: Exclude) -> tuple[np.ndarr
     if exclude is not None:
         for row, excluded in enumerate(exclude):
             if len(excluded):
-                scores[row, np.fromiter(excluded, dtype=np.int64)] = -np.inf
+                scores[row, as_ids(excluded)] = -np.inf
     width = min(k, scores.shape[1])
     if width < scores.shape[1]:
         candidates = np.argpartition(-scores, width - 1, axis=1)[:, :width]

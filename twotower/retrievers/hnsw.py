@@ -18,7 +18,7 @@ from pathlib import Path
 import hnswlib
 import numpy as np
 
-from . import Exclude, select_top_k
+from . import Exclude, as_ids, select_top_k
 
 INDEX_FILE = "hnsw_index.bin"
 PARAMS_FILE = "hnsw_index.json"
@@ -78,7 +78,7 @@ class HnswRetriever:
         for row in range(len(queries)):
             found, similarity = labels[row].astype(np.int64), 1.0 - distances[row]
             if exclude is not None and len(exclude[row]):
-                keep = ~np.isin(found, np.fromiter(exclude[row], dtype=np.int64))
+                keep = ~np.isin(found, as_ids(exclude[row]))
                 found, similarity = found[keep], similarity[keep]
             n = min(k, len(found))  # neighbours come sorted, best first
             ids[row, :n], scores[row, :n] = found[:n], similarity[:n]

@@ -18,7 +18,6 @@ an all-padding history (a cold user) stays finite in exported graphs too.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .user import UserHead
@@ -41,17 +40,27 @@ class Block(nn.Module):
             nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim)
         )
         self.residual_dropout = nn.Dropout(dropout)
+        self.attention_dropout = nn.Dropout(dropout)
+        self.scale = (dim // num_heads) ** -0.5
 
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor, last_only: bool = False):
+        """[B, L, d] -> [B, L, d]; with ``last_only``, only the last position: [B, 1, d].
+
+        The last position still attends to every key, so its output is the same;
+        skipping the other queries saves most of the final block at serving time.
+        """
         batch, length, dim = x.shape
         qkv = self.qkv(self.attention_norm(x))  # [B, L, 3d]
         qkv = qkv.reshape(batch, length, 3, self.num_heads, dim // self.num_heads)
         qkv = qkv.permute(2, 0, 3, 1, 4)  # [3, B, H, L, d/H]
         q, k, v = qkv[0], qkv[1], qkv[2]
-        attended = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=allowed, dropout_p=self.dropout if self.training else 0.0
-        )  # [B, H, L, d/H]
-        attended = attended.transpose(1, 2).reshape(batch, length, dim)  # [B, L, d]
+        if last_only:
+            q, allowed, x = q[:, :, -1:], allowed[:, :, -1:], x[:, -1:]  # queries: L -> 1
+        scores = (q * self.scale) @ k.transpose(-2, -1)  # [B, H, Lq, L]
+        scores = scores.masked_fill(~allowed, float("-inf"))  # every row keeps one key
+        weights = self.attention_dropout(torch.softmax(scores, dim=-1))
+        attended = weights @ v  # [B, H, Lq, d/H]
+        attended = attended.transpose(1, 2).reshape(batch, x.shape[1], dim)  # [B, Lq, d]
         x = x + self.residual_dropout(self.projection(attended))
         return x + self.residual_dropout(self.feed_forward(self.feed_forward_norm(x)))
 
@@ -74,8 +83,13 @@ class TransformerEncoder(nn.Module):
         self.output_norm = nn.LayerNorm(dim)
         self.head = UserHead(dim, num_users, config.use_user_id, config.dropout, config.normalize)
 
-    def summaries(self, history: torch.Tensor, history_mask: torch.Tensor) -> torch.Tensor:
-        """[B, L, d]: the pooled history after each position (meaningful at valid ones)."""
+    def summaries(
+        self, history: torch.Tensor, history_mask: torch.Tensor, last_only: bool = False
+    ) -> torch.Tensor:
+        """[B, L, d]: the pooled history after each position (meaningful at valid ones).
+
+        ``last_only`` (``last`` pooling only) returns just the final position, [B, 1, d].
+        """
         history = history[:, -self.max_len :]  # longer histories keep their recent items
         mask = history_mask[:, -self.max_len :]
         length = history.shape[1]
@@ -88,8 +102,9 @@ class TransformerEncoder(nn.Module):
         if self.causal:
             allowed = allowed & (steps.unsqueeze(1) >= steps.unsqueeze(0))
         allowed = allowed.unsqueeze(1)  # [B, 1, L, L], broadcast over heads
-        for block in self.blocks:
-            x = block(x, allowed)
+        depth = len(self.blocks)
+        for index, block in enumerate(self.blocks):
+            x = block(x, allowed, last_only and index == depth - 1)
         x = self.output_norm(x)
         if self.pooling == "last":
             return x
@@ -103,7 +118,8 @@ class TransformerEncoder(nn.Module):
     def forward(
         self, user_ids: torch.Tensor, history: torch.Tensor, history_mask: torch.Tensor
     ) -> torch.Tensor:
-        return self.head(self.summaries(history, history_mask)[:, -1], user_ids)  # [B, d]
+        summaries = self.summaries(history, history_mask, self.pooling == "last")
+        return self.head(summaries[:, -1], user_ids)  # [B, d]
 
     def encode_sequence(
         self, user_ids: torch.Tensor, history: torch.Tensor, history_mask: torch.Tensor

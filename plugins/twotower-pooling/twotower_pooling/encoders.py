@@ -99,7 +99,8 @@ class TransformerAttention(PooledTransformer):
         x = self.encode(self.tokens(history, mask), mask)  # [B, L, d]
         logits = (self.key(x) @ self.query) * self.scale  # [B, L]
         # a finite floor rather than -inf: a cold user's row of all padding gets
-        # uniform weights, zeroed next, instead of 0/0
-        logits = logits.masked_fill(~mask, torch.finfo(logits.dtype).min)
+        # uniform weights, zeroed next, instead of 0/0 (a literal, not torch.finfo,
+        # so that TorchScript can compile it)
+        logits = logits.masked_fill(~mask, -1e30)
         weights = torch.softmax(logits, dim=1).masked_fill(~mask, 0.0)  # [B, L]
         return (weights.unsqueeze(-1) * x).sum(dim=1)  # [B, d], zeros for a cold user

@@ -1,0 +1,93 @@
+"""The benchmark harness on a tiny model: every row is there and accuracy matches evaluate."""
+
+import json
+
+import pytest
+
+from twotower import TwoTowerConfig, evaluate, fit, plugins
+from twotower.bench import report, scale, serving, train
+
+TINY = {"synthetic_num_users": 60, "synthetic_num_items": 40}
+
+
+def tiny_config(tmp_path, **changes) -> TwoTowerConfig:
+    values = dict(
+        dataset="synthetic",
+        data_dir=str(tmp_path / "data"),
+        max_history_len=8,
+        epochs=2,
+        num_threads=1,
+        extra=dict(TINY),
+    )
+    values.update(changes)
+    return TwoTowerConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def serving_result(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("bench")
+    result = fit(tiny_config(tmp_path), progress=False)
+    bench = serving.run(result.artifacts_dir, tmp_path / "exports", repeats=5, threads=1)
+    return result, bench
+
+
+def test_serving_table_has_every_runtime_and_retriever(serving_result):
+    _, bench = serving_result
+    runtimes = ["torch", *plugins.formats().names(), "onnx-int8"]
+    expected = {(r, x) for r in runtimes for x in plugins.retrievers().names()}
+    assert {(row["runtime"], row["retriever"]) for row in bench["rows"]} == expected
+    keys = {
+        "user_p50_ms_b1", "user_p99_ms_b1", "user_p50_ms_b256", "retrieval_p50_ms",
+        "retrieval_p99_ms", "qps", "recall@10", "mrr@10", "overlap@10",
+    }  # fmt: skip
+    for row in bench["rows"]:
+        assert keys <= set(row)
+        assert 0 < row["user_p50_ms_b1"] <= row["user_p99_ms_b1"]
+        assert row["qps"] > 0
+    assert {"machine", "versions", "threads", "headline"} <= set(bench)
+    assert bench["threads"]["torch"] == 1
+
+
+def test_pipeline_recall_matches_evaluate(serving_result):
+    result, bench = serving_result
+    metrics = evaluate(result.artifacts_dir)["model"]
+    rows = {(row["runtime"], row["retriever"]): row for row in bench["rows"]}
+    reference = rows["torch", "exact"]
+    assert reference["recall@10"] == pytest.approx(metrics["recall@10"], abs=1e-9)
+    assert reference["mrr@10"] == pytest.approx(metrics["mrr@10"], abs=1e-6)
+    assert reference["overlap@10"] == 1.0
+    for runtime in ("onnx", "torchscript", "torch-export"):  # fp32 runtimes agree exactly
+        assert rows[runtime, "exact"]["recall@10"] == reference["recall@10"]
+
+
+def test_serving_markdown_lists_every_row(serving_result):
+    _, bench = serving_result
+    text = report.markdown(bench, "serving")
+    assert text.count("\n| ") == len(bench["rows"]) + 1  # header + rows
+    assert "onnxruntime user tower p50 at batch 1" in text
+
+
+def test_scale_suite_rows_and_plot(tmp_path):
+    grid = {"m": (8,), "ef_construction": (50,), "ef": (10, 50)}
+    result = scale.run(sizes=(1500,), queries=50, repeats=5, threads=1, grid=grid)
+    methods = [(row["method"], row["params"].get("ef")) for row in result["rows"]]
+    assert methods == [("exact", None), ("hnsw M=8 efC=50", 10), ("hnsw M=8 efC=50", 50)]
+    exact, low, high = result["rows"]
+    assert exact["recall@10"] == 1.0
+    assert 0.5 < low["recall@10"] <= high["recall@10"] <= 1.0
+    assert high["file_mib"] > 0 and high["build_s"] > 0
+    path = scale.plot(result, tmp_path / "plot.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report.write_json(result, tmp_path / "scale.json")
+    assert json.loads((tmp_path / "scale.json").read_text())["dim"] == 64
+
+
+def test_train_suite_summarises_seeds(tmp_path):
+    result = train.run(tiny_config(tmp_path, epochs=1), ["mean"], ["logq-softmax"], seeds=(0, 1))
+    assert [run["seed"] for run in result["runs"]] == [0, 1]
+    (summary,) = result["summary"]
+    values = [run["test"]["recall@10"] for run in result["runs"]]
+    assert summary["test_recall@10_mean"] == pytest.approx(sum(values) / 2)
+    assert summary["test_recall@10_std"] == pytest.approx(abs(values[0] - values[1]) / 2)
+    assert summary["seeds"] == 2 and summary["seconds_mean"] > 0
+    assert "| mean | logq-softmax | 2 |" in report.markdown(result, "train")
