@@ -93,7 +93,8 @@ def markdown(result: dict[str, Any], suite: str) -> str:
         headline = result["headline"]
         intro = (
             f"{result['test_users']} test users, {result['num_items']} items, "
-            f"{result['repeats']} interleaved repetitions after warm-up.\n\n"
+            f"{result['repeats']} timed calls per contender, interleaved in bursts of "
+            f"{result['burst']} after warm-up.\n\n"
             f"- onnxruntime user tower p50 at batch 1 / PyTorch eager's: "
             f"{headline['onnx_over_torch_user_p50_b1']:.3f}\n"
             f"- `Bundle.recommend` (ONNX + HNSW, seen items excluded, k=10): p50 "

@@ -27,6 +27,7 @@ from .timing import environment, interleaved, p50_p99, pinned_threads
 
 K = 10
 BATCH = 256
+BURST = 10  # timed calls per visit of a contender (after one untimed call)
 
 
 def test_cases(recommender) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
@@ -183,7 +184,7 @@ def run(
         bundle = load_bundle(exports_dir / "bench-onnx", retriever="hnsw", threads=threads)
         user_ids = [recommender.user_ids[users[i] - 1] for i in picked]
         calls["bundle", "recommend"] = recommend_call(bundle, user_ids)
-        samples = interleaved(calls, repeats)
+        samples = interleaved(calls, repeats, burst=BURST)
 
     rows = []
     for (runtime, retriever), scores in quality.items():
@@ -216,6 +217,7 @@ def run(
         **environment(thread_counts),
         "headline": headline,
         "repeats": repeats,
+        "burst": BURST,
         "test_users": len(users),
         "num_items": len(catalog),
         "rows": rows,

@@ -36,12 +36,19 @@ def milliseconds(function: Callable[[], object]) -> float:
 
 
 def interleaved(
-    calls: dict[str, Callable[[], object]], repeats: int, warmup: int = 3, seed: int = 0
+    calls: dict[str, Callable[[], object]],
+    repeats: int,
+    warmup: int = 3,
+    seed: int = 0,
+    burst: int = 1,
 ) -> dict[str, list[float]]:
     """Time every call ``repeats`` times, visiting them in a new random order each round.
 
     Interleaving spreads a noisy neighbour's load over all contenders instead
-    of penalising whichever one happened to run during it.
+    of penalising whichever one happened to run during it. With ``burst > 1``
+    each visit makes one untimed call and then times ``burst`` calls in a row,
+    so a contender is measured with warm caches, as a server answering a
+    stream of requests runs, not right after another contender evicted them.
     """
     for call in calls.values():
         for _ in range(warmup):
@@ -49,10 +56,12 @@ def interleaved(
     rng = random.Random(seed)
     samples: dict[str, list[float]] = {name: [] for name in calls}
     names = list(calls)
-    for _ in range(repeats):
+    for _ in range(-(-repeats // burst)):
         rng.shuffle(names)
         for name in names:
-            samples[name].append(milliseconds(calls[name]))
+            if burst > 1:
+                calls[name]()
+            samples[name].extend(milliseconds(calls[name]) for _ in range(burst))
     return samples
 
 
