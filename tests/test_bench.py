@@ -3,24 +3,10 @@
 import json
 
 import pytest
+from helpers import tiny_config
 
-from twotower import TwoTowerConfig, evaluate, fit, plugins
+from twotower import evaluate, fit, plugins
 from twotower.bench import report, scale, serving, train
-
-TINY = {"synthetic_num_users": 60, "synthetic_num_items": 40}
-
-
-def tiny_config(tmp_path, **changes) -> TwoTowerConfig:
-    values = dict(
-        dataset="synthetic",
-        data_dir=str(tmp_path / "data"),
-        max_history_len=8,
-        epochs=2,
-        num_threads=1,
-        extra=dict(TINY),
-    )
-    values.update(changes)
-    return TwoTowerConfig(**values)
 
 
 @pytest.fixture(scope="module")

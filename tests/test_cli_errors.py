@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import error_line, run
 
 from twotower import artifacts, plugins
 from twotower.cli import main
@@ -25,23 +26,6 @@ def write_interactions(path: Path, users: int = 30, items: int = 12) -> Path:
             lines.append(f"{user},{item},{rating},{1_000_000 + user * 100 + step}")
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def error_line(code: int, err: str) -> str:
-    """The one ``error:`` line of a failed command, which must be the last thing on stderr."""
-    assert code == 1
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("error:")]
-    assert len(errors) == 1, err
-    assert lines[-1] == errors[0]
-    return errors[0]
 
 
 def only_error_line(code: int, err: str) -> str:

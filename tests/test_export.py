@@ -9,8 +9,6 @@ and each bundle is exported once for the module; everything runs for real
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from helpers import error_line, run, run_script
 
 from twotower import artifacts, plugins
 from twotower.api import load
@@ -114,23 +113,6 @@ class Workspace:
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Workspace:
     return Workspace(tmp_path_factory.mktemp("export"))
-
-
-def run(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def error_line(code: int, err: str) -> str:
-    """The one ``error:`` line of a failed command, and no traceback."""
-    assert code == 1
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("error:")]
-    assert len(errors) == 1, err
-    assert lines[-1] == errors[0]
-    return errors[0]
 
 
 def eager_users(model, users, history) -> np.ndarray:
@@ -346,16 +328,7 @@ def test_torchscript_loads_with_plain_torch(workspace, tmp_path):
     folders = {str(workspace.bundle(e, "torchscript")[0]): e for e in ENCODERS}
     history = [[0, 0, 0, 0], [0, 0, 3, 5], [1, 2, 3, 4]]
     request = {"folders": list(folders), "users": [0, 1, 2], "history": history, "items": [1, 2]}
-    done = subprocess.run(
-        [sys.executable, "-c", JIT_SCRIPT],
-        input=json.dumps(request),
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    answer = json.loads(done.stdout)
+    answer = run_script(JIT_SCRIPT, request, tmp_path)
     assert answer["twotower_imported"] is False
     for folder, encoder in folders.items():
         model = workspace.recommender(encoder).model

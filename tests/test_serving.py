@@ -10,13 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import run, run_script
 
 from twotower import artifacts
 from twotower.api import load
@@ -96,16 +95,7 @@ def test_serving_process_never_imports_torch(bundles, bundle_dir, users, recomme
     user = users[0]
     items = recommender.histories[users[1]][:5]
     request = {"bundle": str(bundle_dir), "user": user, "items": items, "users": users[:4]}
-    done = subprocess.run(
-        [sys.executable, "-c", SERVE_SCRIPT],
-        input=json.dumps(request),
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    answer = json.loads(done.stdout)
+    answer = run_script(SERVE_SCRIPT, request, tmp_path)
     assert answer["torch_modules"] == []
     for name, bundle in bundles.items():
         assert answer[name]["recommend"] == ids(bundle.recommend(user, k=10))
@@ -249,12 +239,6 @@ def test_bad_requests(bundles, users, retriever):
 
 
 # --- the CLI -----------------------------------------------------------------------------
-
-
-def run(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.mark.parametrize(

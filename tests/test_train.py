@@ -3,23 +3,9 @@
 import json
 
 import pytest
+from helpers import tiny_config
 
-from twotower import TwoTowerConfig, TwoTowerError, fit
-
-TINY = {"synthetic_num_users": 60, "synthetic_num_items": 40}
-
-
-def tiny_config(tmp_path, **changes) -> TwoTowerConfig:
-    values = dict(
-        dataset="synthetic",
-        data_dir=str(tmp_path),
-        max_history_len=8,
-        epochs=2,
-        num_threads=1,
-        extra=dict(TINY),
-    )
-    values.update(changes)
-    return TwoTowerConfig(**values)
+from twotower import TwoTowerError, fit
 
 
 def test_the_same_seed_gives_the_same_metrics(tmp_path):

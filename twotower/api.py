@@ -24,7 +24,7 @@ from .data.split import Split, make_split
 from .errors import TwoTowerError
 from .evaluation import evaluate_model, evaluate_popularity
 from .progress import TrainingProgress
-from .recommendation import Recommendation, check_k, unknown_user
+from .recommendation import Recommendation, check_k, ranked, unknown_user
 from .towers.model import TwoTowerModel
 from .train import train
 
@@ -194,17 +194,7 @@ class Recommender:
         seen = [self.item_index[i] - 1 for i in self.histories[str(user_id)]]
         index = self.retriever(retriever or self.config.retriever)
         ids, scores = index.search(query, k, exclude=[seen] if exclude_seen else None)
-        return [
-            Recommendation(
-                rank=rank,
-                item_id=self.item_ids[row],
-                title=self.items[row]["title"],
-                genres=self.items[row]["genres"],
-                score=float(score),
-            )
-            for rank, (row, score) in enumerate(zip(ids[0], scores[0], strict=True), start=1)
-            if row >= 0
-        ]
+        return ranked(ids[0], scores[0], self.item_ids, self.items)
 
 
 def load(artifacts_dir: str | Path) -> Recommender:

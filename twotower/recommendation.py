@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -18,6 +19,23 @@ class Recommendation:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def ranked(
+    rows: Sequence[int], scores: Sequence[float], item_ids: list[str], items: list[dict[str, Any]]
+) -> list[Recommendation]:
+    """One query's search result (catalog rows, best first; -1 = no item) as recommendations."""
+    return [
+        Recommendation(
+            rank=rank,
+            item_id=item_ids[row],
+            title=items[row]["title"],
+            genres=items[row]["genres"],
+            score=float(score),
+        )
+        for rank, (row, score) in enumerate(zip(rows, scores, strict=True), start=1)
+        if row >= 0
+    ]
 
 
 def check_k(k: int) -> int:

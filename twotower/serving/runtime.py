@@ -12,7 +12,7 @@ from .. import artifacts as files
 from .. import plugins
 from ..data.padding import pad_left
 from ..errors import TwoTowerError
-from ..recommendation import Recommendation, check_k, unknown_user
+from ..recommendation import Recommendation, check_k, ranked, unknown_user
 
 BUNDLE_FORMAT_VERSION = 1  # the version this runtime reads (written by export/bundle.py)
 
@@ -54,21 +54,8 @@ class Bundle:
         exclude = [h - 1 for h in histories] if exclude_seen else None
         ids, scores = self.retriever.search(vectors, k, exclude=exclude)
         return [
-            self._items(row_ids, row_scores)
+            ranked(row_ids, row_scores, self.item_ids, self.items)
             for row_ids, row_scores in zip(ids, scores, strict=True)
-        ]
-
-    def _items(self, ids: np.ndarray, scores: np.ndarray) -> list[Recommendation]:
-        return [
-            Recommendation(
-                rank=rank,
-                item_id=self.item_ids[row],
-                title=self.items[row]["title"],
-                genres=self.items[row]["genres"],
-                score=float(score),
-            )
-            for rank, (row, score) in enumerate(zip(ids, scores, strict=True), start=1)
-            if row >= 0
         ]
 
     def _user(self, user_id: Any) -> tuple[int, np.ndarray]:

@@ -1,0 +1,60 @@
+"""Helpers shared by the test modules (plain functions; fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from twotower import TwoTowerConfig
+from twotower.cli import main
+
+TINY = {"synthetic_num_users": 60, "synthetic_num_items": 40}
+
+
+def tiny_config(tmp_path: Path, **changes: Any) -> TwoTowerConfig:
+    """A seconds-long run: 60 synthetic users, 40 items, short histories, one thread."""
+    values: dict[str, Any] = dict(
+        dataset="synthetic",
+        data_dir=str(tmp_path / "data"),
+        max_history_len=8,
+        epochs=2,
+        num_threads=1,
+        extra=dict(TINY),
+    )
+    values.update(changes)
+    return TwoTowerConfig(**values)
+
+
+def run(capsys, *argv: Any) -> tuple[int, str, str]:
+    """Run the CLI in-process: (exit code, stdout, stderr)."""
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def error_line(code: int, err: str) -> str:
+    """The one ``error:`` line of a failed command, which must be the last thing on stderr."""
+    assert code == 1
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1, err
+    assert lines[-1] == errors[0]
+    return errors[0]
+
+
+def run_script(script: str, request: dict[str, Any], cwd: Path) -> dict[str, Any]:
+    """Run ``script`` in a fresh interpreter, JSON request on stdin, JSON answer on stdout."""
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        input=json.dumps(request),
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
