@@ -1,0 +1,63 @@
+"""The CLI's contract: config resolution, the original commands, JSON output."""
+
+import json
+from pathlib import Path
+
+from helpers import run, tiny_config
+
+from twotower.cli import build_parser, resolve_config
+from twotower.config import TwoTowerConfig
+
+DESIGN = Path(__file__).resolve().parents[1] / "configs" / "design.toml"
+
+
+def resolved(*argv: str) -> TwoTowerConfig:
+    return resolve_config(build_parser().parse_args(["fit", *argv]))
+
+
+def test_toml_keys_are_flags_and_flags_win(tmp_path):
+    toml = tmp_path / "run.toml"
+    toml.write_text('epochs = 7\nuser-encoder = "gru"\nlr = 0.01\n[extra]\nfaiss_nprobe = 4\n')
+    config = resolved("--config", str(toml), "--epochs", "3", "--set", "faiss_nprobe=8")
+    assert (config.epochs, config.user_encoder, config.lr) == (3, "gru", 0.01)
+    assert config.extra == {"faiss_nprobe": 8}
+    assert resolved().to_dict() == TwoTowerConfig().to_dict()  # no flags: the defaults
+
+
+def test_the_original_readme_spellings_parse():
+    config = resolved(
+        "--data-dir", "./data", "--download-movielens", "--epochs", "5", "--device", "cpu",
+        "--min-rating", "3.5", "--max-history-len", "20", "--embedding-dim", "32", "--k-eval", "5",
+    )  # fmt: skip
+    assert config.download and config.epochs == 5 and config.min_rating == 3.5
+    assert (config.max_history_len, config.embedding_dim, config.k_eval) == (20, 32, 5)
+    args = build_parser().parse_args(
+        ["recommend", "--data-dir", "./data", "--user-id", "1", "--k", "10", "--exclude-seen"]
+    )
+    assert args.exclude_seen and args.k == 10 and args.user_id == "1"
+
+
+def test_the_design_preset_is_the_first_design():
+    config = resolved("--config", str(DESIGN))
+    assert (config.pooling, config.causal, config.train_mode) == ("mean", False, "prefix")
+    assert (config.loss, config.mask_accidental_hits) == ("inbatch-softmax", True)
+
+
+def test_train_and_recommend_json_end_to_end(capsys, tmp_path):
+    config = tiny_config(tmp_path, epochs=1)
+    data = ["--dataset", "synthetic", "--data-dir", config.data_dir, "--max-history-len", "8"]
+    sizes = [f"--set=synthetic_{k[len('synthetic_') :]}={v}" for k, v in config.extra.items()]
+    code, out, err = run(capsys, "train", *data, *sizes, "--epochs", "1", "--json")
+    assert code == 0, err
+    fitted = json.loads(out)
+    assert fitted["test"]["num_users"] == 60 and "popularity" in fitted
+    assert len(fitted["sample"]["items"]) == 10
+    code, out, err = run(
+        capsys, "recommend", "--data-dir", config.data_dir, "--user-id", "1", "--k", "5", "--json"
+    )
+    assert code == 0, err
+    answer = json.loads(out)
+    assert answer["user_id"] == "1" and [i["rank"] for i in answer["items"]] == [1, 2, 3, 4, 5]
+    assert {"item_id", "title", "genres", "score"} <= set(answer["items"][0])
+    scores = [item["score"] for item in answer["items"]]
+    assert scores == sorted(scores, reverse=True)
