@@ -46,6 +46,8 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, allowed: torch.Tensor, last_only: bool = False):
         """[B, L, d] -> [B, L, d]; with ``last_only``, only the last position: [B, 1, d].
 
+        ``allowed`` is [B, 1, L, L]: bool (True = may attend) or an additive float mask.
+
         The last position still attends to every key, so its output is the same;
         skipping the other queries saves most of the final block at serving time.
         """
@@ -57,7 +59,10 @@ class Block(nn.Module):
         if last_only:
             q, allowed, x = q[:, :, -1:], allowed[:, :, -1:], x[:, -1:]  # queries: L -> 1
         scores = (q * self.scale) @ k.transpose(-2, -1)  # [B, H, Lq, L]
-        scores = scores.masked_fill(~allowed, float("-inf"))  # every row keeps one key
+        if allowed.dtype == torch.bool:
+            scores = scores.masked_fill(~allowed, float("-inf"))  # every row keeps one key
+        else:  # an additive mask: 0 where a query may look, a large negative where not
+            scores = scores + allowed
         weights = self.attention_dropout(torch.softmax(scores, dim=-1))
         attended = weights @ v  # [B, H, Lq, d/H]
         attended = attended.transpose(1, 2).reshape(batch, x.shape[1], dim)  # [B, Lq, d]
@@ -101,7 +106,9 @@ class TransformerEncoder(nn.Module):
         allowed = mask.unsqueeze(1) | itself  # [B, L(query), L(key)]
         if self.causal:
             allowed = allowed & (steps.unsqueeze(1) >= steps.unsqueeze(0))
-        allowed = allowed.unsqueeze(1)  # [B, 1, L, L], broadcast over heads
+        # one additive mask for every block, broadcast over heads: cheaper than a
+        # boolean mask applied in each block (the exported graph runs fewer nodes)
+        allowed = (~allowed).unsqueeze(1).to(x.dtype) * -1e9  # [B, 1, L, L]
         depth = len(self.blocks)
         for index, block in enumerate(self.blocks):
             x = block(x, allowed, last_only and index == depth - 1)
