@@ -173,6 +173,17 @@ class Recommender:
             self._retrievers[name] = index
         return self._retrievers[name]
 
+    def test_queries(self) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+        """Every user's test query (PROTOCOL.md): user indexes, histories without the last
+        item (item indexes), and that last item as a catalog row."""
+        users, histories, targets = [], [], []
+        for user_id, items in self.histories.items():
+            indexes = np.array([self.item_index[i] for i in items], dtype=np.int64)
+            users.append(self.user_index[user_id])
+            histories.append(indexes[:-1])
+            targets.append(indexes[-1] - 1)
+        return np.array(users, dtype=np.int64), histories, np.array(targets, dtype=np.int64)
+
     @torch.no_grad()
     def user_vector(self, user_id: str) -> np.ndarray:
         user = self.user_index.get(str(user_id))

@@ -30,17 +30,6 @@ BATCH = 256
 BURST = 10  # timed calls per visit of a contender (after one untimed call)
 
 
-def test_cases(recommender) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
-    """Every user's test query: history without its last item, and that item (0-based)."""
-    users, histories, targets = [], [], []
-    for user_id, items in recommender.histories.items():
-        indexes = np.array([recommender.item_index[i] for i in items], dtype=np.int64)
-        users.append(recommender.user_index[user_id])
-        histories.append(indexes[:-1])
-        targets.append(indexes[-1] - 1)
-    return np.array(users), histories, np.array(targets)
-
-
 def ensure_bundle(artifacts_dir: Path, folder: Path, format: str, quantize: str | None) -> Path:
     """Reuse ``folder`` when it was exported from these very weights, else export it."""
     from ..export.bundle import BUNDLE_FORMAT_VERSION, export_bundle
@@ -135,7 +124,7 @@ def run(
 
     recommender = load(artifacts_dir)
     max_len = recommender.config.max_history_len
-    users, histories, targets = test_cases(recommender)
+    users, histories, targets = recommender.test_queries()
     catalog = np.arange(1, recommender.model.num_items + 1)
     with pinned_threads(threads) as thread_counts:
         found = runtimes(recommender, Path(exports_dir), threads, notify)

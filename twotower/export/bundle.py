@@ -73,13 +73,8 @@ def top10(users: np.ndarray, items: np.ndarray, case: ParityCase) -> np.ndarray:
 
 def test_recall(encode_users, items: np.ndarray, recommender, max_len: int) -> float:
     """Test Recall@10 through ``encode_users``: condition on all but the last item, hit it."""
-    users, histories, targets = [], [], []
-    for user_id, history in recommender.histories.items():
-        indexes = np.array([recommender.item_index[i] for i in history], dtype=np.int64)
-        users.append(recommender.user_index[user_id])
-        histories.append(indexes[:-1])
-        targets.append(indexes[-1] - 1)
-    case = ParityCase(np.array(users, dtype=np.int64), histories)
+    users, histories, targets = recommender.test_queries()
+    case = ParityCase(users, histories)
     found = top10(encode_cases(encode_users, case, max_len), items, case)
     return float(np.mean([t in row for t, row in zip(targets, found, strict=True)]))
 
