@@ -288,6 +288,8 @@ def test_onnx_graphs_check_and_take_positional_tensors(workspace):
     item = ort.InferenceSession(str(folder / "item_tower.onnx"), providers=["CPUExecutionProvider"])
     assert len(user.get_inputs()) == 3 and len(item.get_inputs()) == 1
     rng = np.random.default_rng(2)
+    # the history axis is dynamic up to max_history_len, which the graph records
+    assert user.get_modelmeta().custom_metadata_map["max_history_len"] == str(MAX_LEN)
     for rows, width in ((1, 1), (2, 3), (7, MAX_LEN), (3, MAX_LEN + 4)):
         lengths = rng.integers(0, width + 1, rows)
         lengths[0] = width
@@ -295,7 +297,12 @@ def test_onnx_graphs_check_and_take_positional_tensors(workspace):
         history, mask = pad_left(sequences, width)
         users = rng.integers(0, model.num_users + 1, rows)
         names = [i.name for i in user.get_inputs()]
-        (vectors,) = user.run(None, dict(zip(names, (users, history, mask), strict=True)))
+        feed = dict(zip(names, (users, history, mask), strict=True))
+        if width > MAX_LEN:  # too long for the graph: an error, never a silent wrong answer
+            with pytest.raises(ort.capi.onnxruntime_pybind11_state.Fail):
+                user.run(None, feed)
+            continue
+        (vectors,) = user.run(None, feed)
         assert vectors.shape == (rows, manifest["embedding_dim"])
         np.testing.assert_allclose(vectors, eager_users(model, users, history), atol=MAX_ABS_DIFF)
     for count in (1, 5, model.num_items):

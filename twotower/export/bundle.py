@@ -131,17 +131,28 @@ def check_parity(recommender, towers, quantized: bool) -> dict[str, Any]:
 
 
 def quantize_int8(folder: Path, names: tuple[str, ...]) -> None:
-    """Dynamic int8 quantization of the ONNX graphs in place."""
+    """Dynamic int8 quantization of the ONNX graphs in place, keeping their metadata."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.registry import IntegerOpsRegistry
 
     from .quiet import quiet_exporter
 
+    # ONNX's standard Attention shares its name with onnxruntime's contrib
+    # Attention, which the quantizer would turn into an invalid QAttention
+    op_types = [op for op in IntegerOpsRegistry if op != "Attention"]
     for name in names:
         source = folder / name
         target = folder / f"{name}.int8"
+        metadata = {prop.key: prop.value for prop in onnx.load(str(source)).metadata_props}
         with quiet_exporter(""):
-            quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
-        target.replace(source)
+            quantize_dynamic(
+                str(source), str(target), weight_type=QuantType.QInt8, op_types_to_quantize=op_types
+            )
+        quantized = onnx.load(str(target))
+        onnx.helper.set_model_props(quantized, metadata)
+        onnx.save(quantized, str(source))
+        target.unlink()
 
 
 def default_bundle_dir(recommender, format_name: str, quantize: str | None) -> Path:

@@ -16,9 +16,10 @@ import onnxruntime as ort
 from ..errors import TwoTowerError
 from .quiet import quiet_exporter
 
-OPSET = 20
+OPSET = 23
 USER_FILE = "user_tower.onnx"
 ITEM_FILE = "item_tower.onnx"
+MAX_LENGTH_KEY = "max_history_len"  # user graph metadata: the longest history it takes
 
 
 class OnnxTowers:
@@ -32,12 +33,19 @@ class OnnxTowers:
         options.inter_op_num_threads = 1
         self.user = open_session(Path(bundle_dir) / user_file, options)
         self.item = open_session(Path(bundle_dir) / item_file, options)
+        metadata = self.user.get_modelmeta().custom_metadata_map
+        self.max_length = int(metadata[MAX_LENGTH_KEY]) if MAX_LENGTH_KEY in metadata else None
 
     def encode_users(self, user_ids, history, history_mask) -> np.ndarray:
+        """User vectors; a history longer than the graph takes keeps its most recent items."""
+        history, history_mask = np.asarray(history), np.asarray(history_mask)
+        if self.max_length is not None:
+            keep = slice(-self.max_length, None)
+            history, history_mask = history[:, keep], history_mask[:, keep]
         feed = {
             "user_ids": np.asarray(user_ids, dtype=np.int64),
-            "history": np.asarray(history, dtype=np.int64),
-            "history_mask": np.asarray(history_mask, dtype=bool),
+            "history": history.astype(np.int64, copy=False),
+            "history_mask": history_mask.astype(bool, copy=False),
         }
         return self.user.run(None, feed)[0]
 
@@ -93,6 +101,7 @@ class OnnxFormat:
         import onnx
         import torch
 
+        from ..towers.attention import attention_onnx
         from .towers import (
             ITEM_INPUTS,
             ITEM_OUTPUTS,
@@ -105,13 +114,17 @@ class OnnxFormat:
         user_tower, item_tower = towers(model)
         user_example, item_example = example_inputs(model)
         batch = torch.export.Dim("batch")
-        length = torch.export.Dim("history_length")
+        length = torch.export.Dim("history_length", max=model.max_history_len)
         items = torch.export.Dim("items")
         jobs = (
             (user_tower, user_example, USER_FILE, USER_INPUTS, USER_OUTPUTS,
              ({0: batch}, {0: batch, 1: length}, {0: batch, 1: length})),
             (item_tower, item_example, ITEM_FILE, ITEM_INPUTS, ITEM_OUTPUTS, ({0: items},)),
         )  # fmt: skip
+        translations = {
+            torch.ops.aten.remainder.Scalar: remainder_scalar,
+            torch.ops.twotower.attention.default: attention_onnx,
+        }
         written = []
         for module, example, file, inputs, outputs, dynamic in jobs:
             path = Path(out_dir) / file
@@ -127,10 +140,15 @@ class OnnxFormat:
                     dynamo=True,
                     external_data=False,
                     verbose=False,
-                    custom_translation_table={torch.ops.aten.remainder.Scalar: remainder_scalar},
+                    custom_translation_table=translations,
                 )
-            onnx.checker.check_model(str(path), full_check=True)
             written.append(path)
+        # the history axis is dynamic up to max_history_len; the graph says so itself
+        graph = onnx.load(str(written[0]))
+        onnx.helper.set_model_props(graph, {MAX_LENGTH_KEY: str(model.max_history_len)})
+        onnx.save(graph, str(written[0]))
+        for path in written:
+            onnx.checker.check_model(str(path), full_check=True)
         return written
 
     def load(self, bundle_dir: Path, threads: int = 1) -> OnnxTowers:

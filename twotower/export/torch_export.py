@@ -20,20 +20,16 @@ SHAPES_FILE = "torch_export.json"
 
 
 class PaddedTorchTowers(TorchTowers):
-    """Pads histories to a fixed length when the program needs it."""
+    """Keeps histories within the program's length, padding them to a fixed one if needed."""
 
-    def __init__(self, user, item, fixed_length: int | None, threads: int = 1):
+    def __init__(self, user, item, max_length: int, fixed_length: int | None, threads: int = 1):
         super().__init__(user, item, threads)
-        self.fixed_length = fixed_length
+        self.max_length, self.fixed_length = max_length, fixed_length
 
     def encode_users(self, user_ids, history, history_mask) -> np.ndarray:
-        history = np.asarray(history, dtype=np.int64)
-        history_mask = np.asarray(history_mask, dtype=bool)
+        history = np.asarray(history, dtype=np.int64)[:, -self.max_length :]
+        history_mask = np.asarray(history_mask, dtype=bool)[:, -self.max_length :]
         if self.fixed_length is not None:
-            history, history_mask = (
-                history[:, -self.fixed_length :],
-                history_mask[:, -self.fixed_length :],
-            )
             pad = self.fixed_length - history.shape[1]
             history = np.pad(history, ((0, 0), (pad, 0)))
             history_mask = np.pad(history_mask, ((0, 0), (pad, 0)))
@@ -52,7 +48,8 @@ class TorchExportFormat:
 
         user_tower, item_tower = towers(model)
         user_example, item_example = example_inputs(model)
-        batch, length = torch.export.Dim("batch"), torch.export.Dim("history_length")
+        batch = torch.export.Dim("batch")
+        length = torch.export.Dim("history_length", max=model.max_history_len)
         fixed_length = None
         with quiet_exporter():
             try:
@@ -73,7 +70,8 @@ class TorchExportFormat:
         out_dir = Path(out_dir)
         torch.export.save(user_program, str(out_dir / USER_FILE))
         torch.export.save(item_program, str(out_dir / ITEM_FILE))
-        (out_dir / SHAPES_FILE).write_text(json.dumps({"fixed_history_length": fixed_length}))
+        shapes = {"max_history_len": model.max_history_len, "fixed_history_length": fixed_length}
+        (out_dir / SHAPES_FILE).write_text(json.dumps(shapes))
         return [out_dir / name for name in self.files]
 
     def load(self, bundle_dir: Path, threads: int = 1) -> PaddedTorchTowers:
@@ -82,5 +80,7 @@ class TorchExportFormat:
         bundle_dir = Path(bundle_dir)
         user = torch.export.load(str(bundle_dir / USER_FILE)).module()
         item = torch.export.load(str(bundle_dir / ITEM_FILE)).module()
-        fixed = json.loads((bundle_dir / SHAPES_FILE).read_text())["fixed_history_length"]
-        return PaddedTorchTowers(user, item, fixed, threads)
+        shapes = json.loads((bundle_dir / SHAPES_FILE).read_text())
+        return PaddedTorchTowers(
+            user, item, shapes["max_history_len"], shapes["fixed_history_length"], threads
+        )

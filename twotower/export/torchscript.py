@@ -27,7 +27,7 @@ class TorchTowers:
 
     def encode_users(self, user_ids, history, history_mask) -> np.ndarray:
         torch = self.torch
-        with torch.no_grad():
+        with torch.inference_mode():
             out = self.user(
                 torch.as_tensor(np.asarray(user_ids, dtype=np.int64)),
                 torch.as_tensor(np.asarray(history, dtype=np.int64)),
@@ -37,7 +37,7 @@ class TorchTowers:
 
     def encode_items(self, item_ids) -> np.ndarray:
         torch = self.torch
-        with torch.no_grad():
+        with torch.inference_mode():
             return self.item(torch.as_tensor(np.asarray(item_ids, dtype=np.int64))).numpy()
 
     def graphs(self) -> dict:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .user import UserHead
+from .user import UserHead, most_recent
 
 
 class GRUEncoder(nn.Module):
@@ -19,6 +19,7 @@ class GRUEncoder(nn.Module):
         super().__init__()
         dim = item_embedding.embedding_dim
         self.item_embedding = item_embedding
+        self.max_len = config.max_history_len
         self.dropout = nn.Dropout(config.dropout)
         self.gru = nn.GRU(dim, dim, num_layers=config.num_layers, batch_first=True)
         self.head = UserHead(dim, num_users, config.use_user_id, config.dropout, config.normalize)
@@ -37,6 +38,7 @@ class GRUEncoder(nn.Module):
     def forward(
         self, user_ids: torch.Tensor, history: torch.Tensor, history_mask: torch.Tensor
     ) -> torch.Tensor:
+        history, history_mask = most_recent(history, history_mask, self.max_len)
         outputs, lengths = self.states(history, history_mask)
         last = (lengths - 1).clamp(min=0)  # [B]
         index = last.view(-1, 1, 1).expand(-1, 1, outputs.shape[2])  # [B, 1, d]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .user import UserHead, masked_mean
+from .user import UserHead, masked_mean, most_recent
 
 
 class MeanEncoder(nn.Module):
@@ -24,8 +24,7 @@ class MeanEncoder(nn.Module):
     def forward(
         self, user_ids: torch.Tensor, history: torch.Tensor, history_mask: torch.Tensor
     ) -> torch.Tensor:
-        history = history[:, -self.max_len :]  # longer histories keep their recent items
-        history_mask = history_mask[:, -self.max_len :]
+        history, history_mask = most_recent(history, history_mask, self.max_len)
         x = self.dropout(self.item_embedding(history))  # [B, L, d]
         return self.head(masked_mean(x, history_mask), user_ids)
 

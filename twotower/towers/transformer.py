@@ -20,9 +20,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .user import UserHead
+from .attention import merge_heads, multi_head_attention, split_heads
+from .user import UserHead, most_recent
 
 POOLINGS = ("mean", "last")
+BLOCKED = -1e9  # additive mask value: softmax gives it weight 0, yet nothing becomes NaN
 
 
 class Block(nn.Module):
@@ -51,23 +53,30 @@ class Block(nn.Module):
         The last position still attends to every key, so its output is the same;
         skipping the other queries saves most of the final block at serving time.
         """
-        batch, length, dim = x.shape
-        qkv = self.qkv(self.attention_norm(x))  # [B, L, 3d]
-        qkv = qkv.reshape(batch, length, 3, self.num_heads, dim // self.num_heads)
-        qkv = qkv.permute(2, 0, 3, 1, 4)  # [3, B, H, L, d/H]
-        q, k, v = qkv[0], qkv[1], qkv[2]
+        dim = x.shape[-1]
+        q, k, v = self.qkv(self.attention_norm(x)).split(dim, dim=-1)  # each [B, L, d]
         if last_only:
-            q, allowed, x = q[:, :, -1:], allowed[:, :, -1:], x[:, -1:]  # queries: L -> 1
-        scores = (q * self.scale) @ k.transpose(-2, -1)  # [B, H, Lq, L]
+            q, allowed, x = q[:, -1:], allowed[:, :, -1:], x[:, -1:]  # queries: L -> 1
         if allowed.dtype == torch.bool:
-            scores = scores.masked_fill(~allowed, float("-inf"))  # every row keeps one key
-        else:  # an additive mask: 0 where a query may look, a large negative where not
-            scores = scores + allowed
-        weights = self.attention_dropout(torch.softmax(scores, dim=-1))
-        attended = weights @ v  # [B, H, Lq, d/H]
-        attended = attended.transpose(1, 2).reshape(batch, x.shape[1], dim)  # [B, Lq, d]
+            allowed = torch.zeros_like(allowed, dtype=x.dtype).masked_fill(~allowed, float("-inf"))
+        if self.training and self.dropout > 0:
+            attended = self.attention_with_dropout(q, k, v, allowed)
+        else:
+            attended = multi_head_attention(q, k, v, allowed, self.num_heads, self.scale)
         x = x + self.residual_dropout(self.projection(attended))
         return x + self.residual_dropout(self.feed_forward(self.feed_forward_norm(x)))
+
+    def attention_with_dropout(self, q, k, v, allowed: torch.Tensor) -> torch.Tensor:
+        """Training's attention: dropout on the attention weights, written out.
+
+        The same function as ``multi_head_attention`` plus dropout; kept
+        explicit so training draws its dropout masks as the recorded runs did.
+        """
+        heads = self.num_heads
+        q, k, v = split_heads(q, heads), split_heads(k, heads), split_heads(v, heads)
+        scores = (q * self.scale) @ k.transpose(-2, -1) + allowed  # [B, H, Lq, L]
+        weights = self.attention_dropout(torch.softmax(scores, dim=-1))
+        return merge_heads(weights @ v)  # [B, Lq, d]
 
 
 class TransformerEncoder(nn.Module):
@@ -81,6 +90,15 @@ class TransformerEncoder(nn.Module):
         self.causal = config.causal
         self.max_len = config.max_history_len
         self.position_embedding = nn.Embedding(config.max_history_len, dim)
+        # [max_len, max_len] patterns sliced to the history length at run time
+        # (buffers, not weights: they are not saved): a query may always see its
+        # own position, and with causal attention never a later one
+        steps = torch.arange(config.max_history_len)
+        off_diagonal = (steps.unsqueeze(1) != steps.unsqueeze(0)).float()
+        future = (steps.unsqueeze(1) < steps.unsqueeze(0)).float() * BLOCKED
+        self.register_buffer("off_diagonal", off_diagonal, persistent=False)
+        self.register_buffer("future", future, persistent=False)
+        self.blocked = BLOCKED  # an attribute: TorchScript reads no global floats
         self.input_dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(
             Block(dim, config.num_heads, config.dropout) for _ in range(config.num_layers)
@@ -95,20 +113,11 @@ class TransformerEncoder(nn.Module):
 
         ``last_only`` (``last`` pooling only) returns just the final position, [B, 1, d].
         """
-        history = history[:, -self.max_len :]  # longer histories keep their recent items
-        mask = history_mask[:, -self.max_len :]
-        length = history.shape[1]
+        history, mask = most_recent(history, history_mask, self.max_len)
         positions = (mask.long().cumsum(dim=1) - 1).clamp(min=0)  # [B, L], 0 = oldest item
         x = self.item_embedding(history) + self.position_embedding(positions)  # [B, L, d]
         x = self.input_dropout(x)
-        steps = torch.arange(length, device=history.device)
-        itself = steps.unsqueeze(1) == steps.unsqueeze(0)  # [L, L]
-        allowed = mask.unsqueeze(1) | itself  # [B, L(query), L(key)]
-        if self.causal:
-            allowed = allowed & (steps.unsqueeze(1) >= steps.unsqueeze(0))
-        # one additive mask for every block, broadcast over heads: cheaper than a
-        # boolean mask applied in each block (the exported graph runs fewer nodes)
-        allowed = (~allowed).unsqueeze(1).to(x.dtype) * -1e9  # [B, 1, L, L]
+        allowed = self.attention_mask(mask, x.dtype)
         depth = len(self.blocks)
         for index, block in enumerate(self.blocks):
             x = block(x, allowed, last_only and index == depth - 1)
@@ -121,6 +130,20 @@ class TransformerEncoder(nn.Module):
         if self.causal:
             return x.cumsum(dim=1) / counts
         return (x.sum(dim=1, keepdim=True) / counts[:, -1:]).expand_as(x)
+
+    def attention_mask(self, mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """[B, 1, L, L] additive mask: 0 where query i may look at key j, ``BLOCKED`` where not.
+
+        A padding key is blocked except for the query at its own position, so
+        no row is ever fully blocked (a cold user stays finite); one mask serves
+        every block and broadcasts over heads.
+        """
+        length = mask.shape[1]
+        padding = (~mask).to(dtype).unsqueeze(1).unsqueeze(1) * self.blocked  # [B, 1, 1, L]
+        blocked = padding * self.off_diagonal[:length, :length]
+        if self.causal:
+            blocked = blocked + self.future[:length, :length]
+        return blocked
 
     def forward(
         self, user_ids: torch.Tensor, history: torch.Tensor, history_mask: torch.Tensor

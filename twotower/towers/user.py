@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .item import mlp
+from .item import mlp, unit_length
 
 
 class UserHead(nn.Module):
@@ -30,7 +29,21 @@ class UserHead(nn.Module):
         if self.user_embedding is not None:
             summary = torch.cat([summary, self.user_embedding(user_ids)], dim=-1)  # [B, 2d]
         summary = self.mlp(summary)
-        return F.normalize(summary, dim=-1) if self.normalize else summary
+        return unit_length(summary) if self.normalize else summary
+
+
+def most_recent(
+    history: torch.Tensor, history_mask: torch.Tensor, max_len: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The last ``max_len`` columns: a longer history keeps its most recent items.
+
+    A shape test rather than an unconditional slice: exported graphs declare
+    history lengths up to ``max_len``, so the test is settled at export time
+    and the graph carries no slicing.
+    """
+    if history.shape[1] > max_len:
+        return history[:, -max_len:], history_mask[:, -max_len:]
+    return history, history_mask
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
