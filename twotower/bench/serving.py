@@ -31,13 +31,18 @@ BURST = 10  # timed calls per visit of a contender (after one untimed call)
 
 
 def ensure_bundle(artifacts_dir: Path, folder: Path, format: str, quantize: str | None) -> Path:
-    """Reuse ``folder`` when it was exported from these very weights, else export it."""
+    """Reuse ``folder`` when it was exported from these very weights by these very
+    library versions, else export it."""
     from ..export.bundle import BUNDLE_FORMAT_VERSION, export_bundle
 
-    model_sha = files.sha256_of(Path(artifacts_dir) / files.MODEL)
+    wanted = {
+        "source_model_sha256": files.sha256_of(Path(artifacts_dir) / files.MODEL),
+        "format": format,
+        "versions": files.library_versions(),
+    }
     try:
         manifest = files.read_manifest(folder, "bundle", BUNDLE_FORMAT_VERSION)
-        if manifest.get("source_model_sha256") == model_sha and manifest["format"] == format:
+        if all(manifest.get(key) == value for key, value in wanted.items()):
             return folder
     except TwoTowerError:
         pass

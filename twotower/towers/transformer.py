@@ -11,8 +11,9 @@ per second than encoding each prefix separately. ``forward`` returns the
 vector after the whole history, which equals the last position of
 ``encode_sequence``.
 
-Every query may attend to itself, so no attention row is ever fully masked:
-an all-padding history (a cold user) stays finite in exported graphs too.
+Padding keys are masked with a large negative number, not -inf, so a query
+with only padding to look at still has a finite softmax: an all-padding
+history (a cold user) stays finite in exported graphs too.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .attention import merge_heads, multi_head_attention, split_heads
+from .attention import merge_heads, multi_head_attention, split_heads, with_causal
 from .user import UserHead, most_recent
 
 POOLINGS = ("mean", "last")
@@ -45,33 +46,41 @@ class Block(nn.Module):
         self.attention_dropout = nn.Dropout(dropout)
         self.scale = (dim // num_heads) ** -0.5
 
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor, last_only: bool = False):
+    def forward(
+        self, x: torch.Tensor, allowed: torch.Tensor, last_only: bool = False, causal: bool = False
+    ):
         """[B, L, d] -> [B, L, d]; with ``last_only``, only the last position: [B, 1, d].
 
-        ``allowed`` is [B, 1, L, L]: bool (True = may attend) or an additive float mask.
+        ``allowed`` is [B, 1, L or 1, L]: bool (True = may attend) or an additive
+        float mask; ``causal`` also blocks every later key.
 
-        The last position still attends to every key, so its output is the same;
-        skipping the other queries saves most of the final block at serving time.
+        The last position sees every key, causal or not, so with ``last_only``
+        its output is the same; skipping the other queries saves most of the
+        final block at serving time.
         """
         dim = x.shape[-1]
         q, k, v = self.qkv(self.attention_norm(x)).split(dim, dim=-1)  # each [B, L, d]
         if last_only:
-            q, allowed, x = q[:, -1:], allowed[:, :, -1:], x[:, -1:]  # queries: L -> 1
+            q, x, causal = q[:, -1:], x[:, -1:], False  # queries: L -> 1
+            if allowed.shape[2] > 1:
+                allowed = allowed[:, :, -1:]
         if allowed.dtype == torch.bool:
             allowed = torch.zeros_like(allowed, dtype=x.dtype).masked_fill(~allowed, float("-inf"))
         if self.training and self.dropout > 0:
-            attended = self.attention_with_dropout(q, k, v, allowed)
+            attended = self.attention_with_dropout(q, k, v, allowed, causal)
         else:
-            attended = multi_head_attention(q, k, v, allowed, self.num_heads, self.scale)
+            attended = multi_head_attention(q, k, v, allowed, causal, self.num_heads, self.scale)
         x = x + self.residual_dropout(self.projection(attended))
         return x + self.residual_dropout(self.feed_forward(self.feed_forward_norm(x)))
 
-    def attention_with_dropout(self, q, k, v, allowed: torch.Tensor) -> torch.Tensor:
+    def attention_with_dropout(self, q, k, v, allowed: torch.Tensor, causal: bool) -> torch.Tensor:
         """Training's attention: dropout on the attention weights, written out.
 
         The same function as ``multi_head_attention`` plus dropout; kept
         explicit so training draws its dropout masks as the recorded runs did.
         """
+        if causal:
+            allowed = with_causal(allowed, q.shape[1])
         heads = self.num_heads
         q, k, v = split_heads(q, heads), split_heads(k, heads), split_heads(v, heads)
         scores = (q * self.scale) @ k.transpose(-2, -1) + allowed  # [B, H, Lq, L]
@@ -90,14 +99,6 @@ class TransformerEncoder(nn.Module):
         self.causal = config.causal
         self.max_len = config.max_history_len
         self.position_embedding = nn.Embedding(config.max_history_len, dim)
-        # [max_len, max_len] patterns sliced to the history length at run time
-        # (buffers, not weights: they are not saved): a query may always see its
-        # own position, and with causal attention never a later one
-        steps = torch.arange(config.max_history_len)
-        off_diagonal = (steps.unsqueeze(1) != steps.unsqueeze(0)).float()
-        future = (steps.unsqueeze(1) < steps.unsqueeze(0)).float() * BLOCKED
-        self.register_buffer("off_diagonal", off_diagonal, persistent=False)
-        self.register_buffer("future", future, persistent=False)
         self.blocked = BLOCKED  # an attribute: TorchScript reads no global floats
         self.input_dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(
@@ -114,13 +115,14 @@ class TransformerEncoder(nn.Module):
         ``last_only`` (``last`` pooling only) returns just the final position, [B, 1, d].
         """
         history, mask = most_recent(history, history_mask, self.max_len)
-        positions = (mask.long().cumsum(dim=1) - 1).clamp(min=0)  # [B, L], 0 = oldest item
+        valid = mask.long()
+        positions = valid.cumsum(dim=1) - valid  # [B, L]: items before each, 0 = oldest item
         x = self.item_embedding(history) + self.position_embedding(positions)  # [B, L, d]
         x = self.input_dropout(x)
-        allowed = self.attention_mask(mask, x.dtype)
+        padding = self.padding_mask(mask, x.dtype)
         depth = len(self.blocks)
         for index, block in enumerate(self.blocks):
-            x = block(x, allowed, last_only and index == depth - 1)
+            x = block(x, padding, last_only and index == depth - 1, self.causal)
         x = self.output_norm(x)
         if self.pooling == "last":
             return x
@@ -131,19 +133,16 @@ class TransformerEncoder(nn.Module):
             return x.cumsum(dim=1) / counts
         return (x.sum(dim=1, keepdim=True) / counts[:, -1:]).expand_as(x)
 
-    def attention_mask(self, mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """[B, 1, L, L] additive mask: 0 where query i may look at key j, ``BLOCKED`` where not.
+    def padding_mask(self, mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """[B, 1, 1, L] additive mask: ``BLOCKED`` on padding keys, 0 on items.
 
-        A padding key is blocked except for the query at its own position, so
-        no row is ever fully blocked (a cold user stays finite); one mask serves
-        every block and broadcasts over heads.
+        It broadcasts over heads and queries; causality is the blocks' own flag.
+        A query with nothing but padding to look at (a cold user) spreads its
+        attention over padding keys instead of giving NaN, and as left padding
+        makes them all alike (item 0 at position 0), that is the padding token
+        attending to itself.
         """
-        length = mask.shape[1]
-        padding = (~mask).to(dtype).unsqueeze(1).unsqueeze(1) * self.blocked  # [B, 1, 1, L]
-        blocked = padding * self.off_diagonal[:length, :length]
-        if self.causal:
-            blocked = blocked + self.future[:length, :length]
-        return blocked
+        return torch.where(mask, 0.0, self.blocked).to(dtype).unsqueeze(1).unsqueeze(1)
 
     def forward(
         self, user_ids: torch.Tensor, history: torch.Tensor, history_mask: torch.Tensor
