@@ -175,6 +175,12 @@ def run(
             searches = [(vectors[j : j + 1], [histories[i] - 1]) for j, i in enumerate(picked)]
             for retriever in plugins.retrievers().names():
                 calls[name, retriever] = search_call(indexes[name, retriever], searches)
+        # a reference for the headline: eager under torch.no_grad instead of inference_mode
+        from ..export.torchscript import TorchTowers
+        from ..export.towers import towers
+
+        no_grad = TorchTowers(*towers(recommender.model), inference_mode=False)
+        calls["torch-no-grad", "b1"] = encode_call(no_grad, single)
         bundle = load_bundle(exports_dir / "bench-onnx", retriever="hnsw", threads=threads)
         user_ids = [recommender.user_ids[users[i] - 1] for i in picked]
         calls["bundle", "recommend"] = recommend_call(bundle, user_ids)
@@ -202,8 +208,10 @@ def run(
         )
     recommend = p50_p99(samples["bundle", "recommend"])
     eager, onnx = np.median(samples["torch", "b1"]), np.median(samples["onnx", "b1"])
+    no_grad = np.median(samples["torch-no-grad", "b1"])
     headline = {
         "onnx_over_torch_user_p50_b1": float(onnx / eager),
+        "onnx_over_torch_no_grad_user_p50_b1": float(onnx / no_grad),
         "bundle_recommend_p50_ms": recommend[0],
         "bundle_recommend_p99_ms": recommend[1],
     }

@@ -38,15 +38,13 @@ class OnnxTowers:
 
     def encode_users(self, user_ids, history, history_mask) -> np.ndarray:
         """User vectors; a history longer than the graph takes keeps its most recent items."""
-        history, history_mask = np.asarray(history), np.asarray(history_mask)
-        if self.max_length is not None:
+        history = np.asarray(history, dtype=np.int64)
+        history_mask = np.asarray(history_mask, dtype=bool)
+        if self.max_length is not None and history.shape[1] > self.max_length:
             keep = slice(-self.max_length, None)
             history, history_mask = history[:, keep], history_mask[:, keep]
-        feed = {
-            "user_ids": np.asarray(user_ids, dtype=np.int64),
-            "history": history.astype(np.int64, copy=False),
-            "history_mask": history_mask.astype(bool, copy=False),
-        }
+        user_ids = np.asarray(user_ids, dtype=np.int64)
+        feed = {"user_ids": user_ids, "history": history, "history_mask": history_mask}
         return self.user.run(None, feed)[0]
 
     def encode_items(self, item_ids) -> np.ndarray:
