@@ -19,6 +19,7 @@ history (a cold user) stays finite in exported graphs too.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .attention import merge_heads, multi_head_attention, split_heads, with_causal
@@ -59,11 +60,16 @@ class Block(nn.Module):
         final block at serving time.
         """
         dim = x.shape[-1]
-        q, k, v = self.qkv(self.attention_norm(x)).split(dim, dim=-1)  # each [B, L, d]
-        if last_only:
-            q, x, causal = q[:, -1:], x[:, -1:], False  # queries: L -> 1
+        normed = self.attention_norm(x)
+        if last_only:  # one query: project it alone, keys and values for every position
+            weight, bias = self.qkv.weight, self.qkv.bias
+            q = F.linear(normed[:, -1:], weight[:dim], bias[:dim])  # [B, 1, d]
+            k, v = F.linear(normed, weight[dim:], bias[dim:]).split(dim, dim=-1)
+            x, causal = x[:, -1:], False
             if allowed.shape[2] > 1:
                 allowed = allowed[:, :, -1:]
+        else:
+            q, k, v = self.qkv(normed).split(dim, dim=-1)  # each [B, L, d]
         if allowed.dtype == torch.bool:
             allowed = torch.zeros_like(allowed, dtype=x.dtype).masked_fill(~allowed, float("-inf"))
         if self.training and self.dropout > 0:
