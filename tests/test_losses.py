@@ -25,11 +25,21 @@ def encode_items(ids: torch.Tensor) -> torch.Tensor:
     return CATALOG[ids]
 
 
-def batch(targets: list[int]) -> TrainBatch:
+def batch(targets: list[int], earlier: list[list[int]] | None = None) -> TrainBatch:
+    """Rows with these targets; ``earlier[i]`` lists the items row i's user had before."""
     size = len(targets)
     history = torch.ones(size, 1, dtype=torch.long)
+    seen = torch.zeros(size, 3, dtype=torch.bool)
+    for row, items in enumerate(earlier or []):
+        seen[row, torch.tensor(items, dtype=torch.long) - 1] = True
     return TrainBatch(
-        torch.arange(1, size + 1), history, history != 0, torch.tensor(targets), encode_items, 3
+        torch.arange(1, size + 1),
+        history,
+        history != 0,
+        torch.tensor(targets),
+        encode_items,
+        3,
+        lambda: seen,
     )
 
 
@@ -219,4 +229,52 @@ def test_mixed_negatives_masks_in_batch_accidental_hits():
     expected = (softplus_sum(-0.4) + softplus_sum(0.4)) / 2
     torch.manual_seed(0)
     loss = loss_fn(users, encode_items(targets.target_items), torch.tensor(1.0), targets)
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+
+
+# --- seen items are not negatives (loss_mask_seen) ----------------------------------
+
+
+def test_full_softmax_leaves_each_rows_earlier_items_out():
+    users = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    targets = batch([1, 3], earlier=[[3], [2]])  # row 0's user had item 3, row 1's item 2
+    # scores / 0.5 as above: row 0 [2, 0, 1.2], row 1 [0, 2, 1.6]
+    # row 0 without item 3: [2, 0, -]  label item 1 -> log(1 + e^-2)   = 0.126928
+    # row 1 without item 2: [0, -, 1.6] label item 3 -> log(1 + e^-1.6) = 0.183901
+    expected = (softplus_sum(-2) + softplus_sum(-1.6)) / 2
+    assert expected == pytest.approx(0.155414, abs=1e-6)
+    args = (users, encode_items(targets.target_items), torch.tensor(0.5), targets)
+    assert make(FullSoftmax)(*args).item() == pytest.approx(expected, abs=1e-6)
+    # with the option off the seen items are negatives again: the value of the test above
+    assert make(FullSoftmax, loss_mask_seen=False)(*args).item() == pytest.approx(
+        0.725648, abs=1e-6
+    )
+
+
+def test_inbatch_softmax_leaves_each_rows_earlier_items_out():
+    users = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    items = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    targets = batch([1, 3], earlier=[[3], []])  # row 0's user had row 1's target before
+    # S = [[1, 0.6], [0, 0.8]] with (0, 1) masked in both directions
+    # user -> item: [1, -] label 0 -> 0;  [0, 0.8] label 1 -> log(1 + e^-0.8) = 0.371101
+    # item -> user: [1, 0] label 0 -> log(1 + e^-1) = 0.313262;  [-, 0.8] label 1 -> 0
+    expected = 0.5 * ((softplus_sum(-0.8)) / 2 + (softplus_sum(-1.0)) / 2)
+    assert expected == pytest.approx(0.171091, abs=1e-6)
+    loss = make(InBatchSoftmax)(users, items, torch.tensor(1.0), targets)
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+    unmasked = make(InBatchSoftmax, loss_mask_seen=False)(users, items, torch.tensor(1.0), targets)
+    assert unmasked.item() == pytest.approx(0.448879, abs=1e-6)  # the first test's value
+
+
+def test_mixed_negatives_leaves_seen_samples_out():
+    users = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    targets = batch([1, 2], earlier=[[3], []])  # row 0's user had item 3 before
+    torch.manual_seed(1)  # samples 2, 3, 1, 3 (see above)
+    # row 0: [1, 0 | 0, -, -, -]: item 1 is its positive, item 3 was seen
+    #   -> log(1 + e^-1 + e^-1)                              = 0.551445
+    # row 1: as in the test above                           = 1.215868
+    expected = (softplus_sum(-1, -1) + softplus_sum(-1, -0.2, -1, -0.2)) / 2
+    loss = make(MixedNegatives, num_negatives=4)(
+        users, encode_items(targets.target_items), torch.tensor(1.0), targets
+    )
     assert loss.item() == pytest.approx(expected, abs=1e-6)

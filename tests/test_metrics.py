@@ -12,7 +12,8 @@ import torch
 from twotower.config import TwoTowerConfig
 from twotower.data.dataset import Dataset
 from twotower.data.split import make_split
-from twotower.evaluation import evaluate_popularity, popularity_scores, seen_mask
+from twotower.data.seen import EarlierItems
+from twotower.evaluation import evaluate_popularity, popularity_scores
 from twotower.metrics import metric_ks, metrics_from_ranks, target_ranks
 
 
@@ -89,9 +90,14 @@ def test_a_constant_scorer_gets_no_credit_for_ties():
     assert ranks.tolist() == [1, 50, 100]
 
 
-def test_seen_mask_marks_history_items():
-    mask = seen_mask([np.array([1, 3]), np.array([2])], num_items=4)
-    assert mask.tolist() == [[True, False, True, False], [False, True, False, False]]
+def test_seen_items_are_the_items_before_the_target():
+    earlier = EarlierItems([np.array([1, 3, 4]), np.array([2, 4])], num_items=4)
+    mask = earlier.before(np.array([1, 2, 1]), np.array([4, 4, 1]))
+    assert mask.tolist() == [
+        [True, False, True, False],  # user 1 had 1 and 3 before 4
+        [False, True, False, False],  # user 2 had 2 before 4
+        [False, False, False, False],  # 1 is user 1's first item
+    ]
 
 
 @pytest.fixture()

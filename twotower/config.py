@@ -53,6 +53,9 @@ class TwoTowerConfig:
     causal: bool = opt(True, "Transformer attends to earlier items only (allows sequence training)")
     use_user_id: bool = opt(True, "join a learned user-ID embedding to the history summary")
     use_item_features: bool = opt(True, "add genre embeddings in the item tower")
+    item_mlp: bool = opt(False, "item tower: a 2-layer MLP over ID + genres (else their sum)")
+    user_mlp: bool = opt(False, "user tower: a 2-layer MLP over [history ; user ID] (else sum)")
+    init_std: float = opt(0.02, "embedding tables start from N(0, init_std²)")
     normalize: bool = opt(True, "L2-normalise both towers' vectors (score = cosine / τ)")
     temperature: float = opt(0.07, "initial softmax temperature")
     learn_temperature: bool = opt(True, "learn the temperature")
@@ -67,11 +70,17 @@ class TwoTowerConfig:
     mask_accidental_hits: bool = opt(
         False, "an item that is two rows' positive is neither's negative"
     )
+    loss_mask_seen: bool = opt(
+        True, "a user's earlier items are not their negatives (evaluation masks them too)"
+    )
     num_negatives: int = opt(256, "uniform negatives per batch of the mixed-negatives loss")
     batch_size: int = opt(256, "examples per batch in prefix training")
     sequence_batch_size: int = opt(32, "windows per batch in sequence training (~40 examples each)")
     lr: float = opt(3e-3, "AdamW learning rate")
     weight_decay: float = opt(0.01, "AdamW weight decay")
+    ema_decay: float = opt(
+        0.999, "validate and keep a moving average of the weights, per step (0 = off)"
+    )
     epochs: int = opt(60, "most epochs to train")
     patience: int = opt(6, "stop after this many epochs without a better valid Recall@K")
     seed: int = opt(0, "random seed (same seed and threads give the same metrics on CPU)")

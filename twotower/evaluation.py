@@ -18,25 +18,18 @@ from .towers.model import TwoTowerModel
 STAGES = ("valid", "test")
 
 
-def seen_mask(histories: list[np.ndarray], num_items: int) -> torch.Tensor:
-    """[U, N] True where item index j + 1 is in user u's history."""
-    mask = torch.zeros(len(histories), num_items, dtype=torch.bool)
-    for row, history in enumerate(histories):
-        mask[row, torch.tensor(history, dtype=torch.long) - 1] = True
-    return mask
-
-
 def rank_and_score(
     scores: torch.Tensor, split: Split, stage: str, mask_seen: bool, k_eval: int
 ) -> dict[str, float]:
     """Metrics of ``scores[U, N]`` (users in index order, items 1..N as columns)."""
-    histories = [split.history(u, stage) for u in range(1, split.num_users + 1)]
+    targets = split.targets(stage)
+    users = np.arange(1, split.num_users + 1)
     excluded = (
-        seen_mask(histories, split.num_items)
+        split.earlier_items.before(users, targets)  # the conditioning history of ``stage``
         if mask_seen
         else torch.zeros_like(scores, dtype=torch.bool)
     )
-    targets = torch.as_tensor(split.targets(stage) - 1)
+    targets = torch.as_tensor(targets - 1)
     ranks = target_ranks(scores.float(), targets, excluded)
     return metrics_from_ranks(ranks, metric_ks(k_eval))
 

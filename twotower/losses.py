@@ -3,6 +3,10 @@
 Each is a small class built from ``(config, item_counts)`` and called as
 ``loss(user_vecs, item_vecs, temperature, batch)`` (see ``hookspecs.py``).
 ``user_vecs[i]`` and ``item_vecs[i]`` are the user and target item of row i.
+
+With ``loss_mask_seen`` (config) every loss leaves a row's earlier items
+out of its negatives, as evaluation leaves them out of the ranking
+(``twotower.data.seen``).
 """
 
 from __future__ import annotations
@@ -24,6 +28,13 @@ class TrainBatch:
     target_items: torch.Tensor  # [B] item indexes (1..N)
     encode_items: Callable[[torch.Tensor], torch.Tensor]  # item indexes -> vectors
     num_items: int
+    # [B, N] bool over the catalog (column j = item j + 1): the items row i's user had
+    # before its target, the ones evaluation masks
+    earlier_items: Callable[[], torch.Tensor]
+
+    def seen(self, candidates: torch.Tensor) -> torch.Tensor:
+        """[B, C] bool: True where candidate item c came before row i's target."""
+        return self.earlier_items().to(candidates.device)[:, candidates - 1]
 
 
 def accidental_hits(targets: torch.Tensor) -> torch.Tensor:
@@ -36,13 +47,15 @@ class InBatchSoftmax:
     """Symmetric in-batch softmax: ``0.5 * (CE(S, diag) + CE(Sᵀ, diag))``, ``S = UVᵀ/τ``.
 
     With ``mask_accidental_hits`` (config), an item that is the positive of
-    two rows is a negative for neither.
+    two rows is a negative for neither; with ``loss_mask_seen``, an item row
+    i's user had before its target is not row i's negative.
     """
 
     logq = False
 
     def __init__(self, config, item_counts: torch.Tensor):
         self.mask_hits = config.mask_accidental_hits
+        self.mask_seen = config.loss_mask_seen
         frequency = item_counts / item_counts.sum().clamp(min=1)
         self.log_q = torch.log(frequency.clamp(min=1e-12))  # [N + 1]
 
@@ -50,6 +63,8 @@ class InBatchSoftmax:
         scores = user_vecs @ item_vecs.T / temperature  # [B, B]
         if self.mask_hits:
             scores = scores.masked_fill(accidental_hits(batch.target_items), float("-inf"))
+        if self.mask_seen:
+            scores = scores.masked_fill(batch.seen(batch.target_items), float("-inf"))
         return scores
 
     def __call__(self, user_vecs, item_vecs, temperature, batch: TrainBatch) -> torch.Tensor:
@@ -74,14 +89,16 @@ class LogQSoftmax(InBatchSoftmax):
 
 
 class FullSoftmax:
-    """Cross-entropy over the whole catalog: every item is a negative."""
+    """Cross-entropy over the whole catalog: every item (but seen ones) is a negative."""
 
     def __init__(self, config, item_counts: torch.Tensor):
-        pass  # nothing to precompute: the catalog is encoded anew at every step
+        self.mask_seen = config.loss_mask_seen  # the catalog is encoded anew at every step
 
     def __call__(self, user_vecs, item_vecs, temperature, batch: TrainBatch) -> torch.Tensor:
         catalog = torch.arange(1, batch.num_items + 1, device=user_vecs.device)
         scores = user_vecs @ batch.encode_items(catalog).T / temperature  # [B, N]
+        if self.mask_seen:
+            scores = scores.masked_fill(batch.seen(catalog), float("-inf"))
         return F.cross_entropy(scores, batch.target_items - 1)
 
 
@@ -95,6 +112,7 @@ class MixedNegatives:
     def __init__(self, config, item_counts: torch.Tensor):
         self.num_negatives = config.num_negatives
         self.mask_hits = config.mask_accidental_hits
+        self.mask_seen = config.loss_mask_seen
 
     def __call__(self, user_vecs, item_vecs, temperature, batch: TrainBatch) -> torch.Tensor:
         sampled = torch.randint(1, batch.num_items + 1, (self.num_negatives,))
@@ -109,6 +127,8 @@ class MixedNegatives:
                 len(targets), len(targets), dtype=torch.bool, device=targets.device
             )
         hits = torch.cat([in_batch, targets.unsqueeze(1) == sampled.unsqueeze(0)], dim=1)
+        if self.mask_seen:
+            hits |= batch.seen(torch.cat([targets, sampled]))
         scores = scores.masked_fill(hits, float("-inf"))
         labels = torch.arange(len(targets), device=scores.device)
         return F.cross_entropy(scores, labels)

@@ -16,8 +16,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from . import plugins
+from .data.seen import EarlierItems
 from .data.split import Examples, Split, Windows, training_examples, training_windows
 from .errors import TwoTowerError
 from .evaluation import evaluate_model
@@ -109,6 +111,23 @@ def encode_batch(model: TwoTowerModel, mode: str, users, history, targets, devic
     return rows, history, mask, vectors[owned], targets[owned]  # [M, d], [M]
 
 
+def weight_average(model: TwoTowerModel, decay: float) -> AveragedModel | None:
+    """An exponential moving average of the weights (None when ``decay`` is 0).
+
+    Validation, early stopping and the kept model use the average: it moves
+    less from step to step than the raw weights, so the validation curve is
+    smoother and the epoch it picks is less of a lucky draw.
+    """
+    if not decay:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+def earlier_items_of(earlier: EarlierItems, users: torch.Tensor, targets: torch.Tensor):
+    """``TrainBatch.earlier_items`` of one batch: worked out only if the loss asks."""
+    return lambda: earlier.before(users.cpu().numpy(), targets.cpu().numpy())
+
+
 def train(
     config,
     split: Split,
@@ -135,6 +154,8 @@ def train(
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
+    averaged = weight_average(model, config.ema_decay)
+    scored = averaged.module if averaged is not None else model  # what validation sees
     generator = torch.Generator().manual_seed(config.seed)
     steps_per_epoch = -(-len(data) // batch_size)
 
@@ -147,18 +168,26 @@ def train(
         for step, arrays in enumerate(make_batches(data, batch_size, generator), start=1):
             user_ids, history, mask, user_vecs, targets = encode_batch(model, mode, *arrays, device)
             batch = TrainBatch(
-                user_ids, history, mask, targets, model.encode_items, split.num_items
+                user_ids,
+                history,
+                mask,
+                targets,
+                model.encode_items,
+                split.num_items,
+                earlier_items_of(split.earlier_items, user_ids, targets),
             )
             loss = loss_fn(user_vecs, model.encode_items(targets), model.temperature, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             optimizer.step()
+            if averaged is not None:
+                averaged.update_parameters(model)
             total_loss += loss.item()
             if on_step is not None:
                 on_step(step, steps_per_epoch, total_loss / step)
         seconds = time.perf_counter() - started
-        valid = evaluate_model(model, split, "valid", config)
+        valid = evaluate_model(scored, split, "valid", config)
         entry = {
             "epoch": epoch,
             "loss": total_loss / steps_per_epoch,
@@ -170,7 +199,7 @@ def train(
         log.append(entry)
         if valid[headline] > best["score"]:
             best = {"score": valid[headline], "epoch": epoch, "valid": valid}
-            best["state"] = copy.deepcopy(model.state_dict())
+            best["state"] = copy.deepcopy(scored.state_dict())
         if on_epoch is not None:
             on_epoch(entry)
         if epoch - best["epoch"] >= config.patience:

@@ -7,12 +7,14 @@ and the "unknown user" of cold-start queries.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
 
 from ..errors import TwoTowerError
 from .dataset import Dataset
+from .seen import EarlierItems
 
 
 @dataclass
@@ -47,6 +49,11 @@ class Split:
         """The conditioning history of ``stage``: train items for valid, + valid for test."""
         sequence = self.sequences[user - 1]
         return {"valid": sequence[:-2], "test": sequence[:-1], "serve": sequence}[stage]
+
+    @cached_property
+    def earlier_items(self) -> EarlierItems:
+        """Each user's items before any of their items: what evaluation and losses mask."""
+        return EarlierItems(self.sequences, self.num_items)
 
     def targets(self, stage: str) -> np.ndarray:
         position = {"valid": -2, "test": -1}[stage]

@@ -22,7 +22,7 @@ class GRUEncoder(nn.Module):
         self.max_len = config.max_history_len
         self.dropout = nn.Dropout(config.dropout)
         self.gru = nn.GRU(dim, dim, num_layers=config.num_layers, batch_first=True)
-        self.head = UserHead(dim, num_users, config.use_user_id, config.dropout, config.normalize)
+        self.head = UserHead.from_config(config, dim, num_users)
 
     def states(self, history: torch.Tensor, history_mask: torch.Tensor):
         """GRU outputs in right-padded order ([B, L, d], step j follows valid item j), lengths."""

@@ -1,4 +1,12 @@
-"""The item tower: ``normalize(MLP(E_item(id) + sum_g E_genre(g)))``."""
+"""The item tower: ``E_item(id) + sum_g E_genre(g)``, optionally through a 2-layer MLP.
+
+Without the MLP (the default) an item's vector is its ID embedding plus its
+genres' embeddings: the same table the user tower reads histories through,
+so the output side is tied to the input side as in SASRec, and content is
+added to the ID rather than mixed with it. The MLP of DESIGN.md
+(``item_mlp``) re-maps every item, which over-fits the ID table on a small
+catalog (README, "What cost the test accuracy").
+"""
 
 from __future__ import annotations
 
@@ -8,7 +16,7 @@ from torch import nn
 
 
 def mlp(in_dim: int, dim: int, dropout: float) -> nn.Sequential:
-    """The 2-layer GELU MLP both towers end with."""
+    """The 2-layer GELU MLP of DESIGN.md's towers."""
     return nn.Sequential(
         nn.Linear(in_dim, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, dim)
     )
@@ -27,6 +35,7 @@ class ItemTower(nn.Module):
         item_genres: np.ndarray,
         dropout: float,
         normalize: bool = True,
+        use_mlp: bool = False,
     ):
         super().__init__()
         self.normalize = normalize
@@ -34,14 +43,16 @@ class ItemTower(nn.Module):
         self.item_embedding = item_embedding
         self.register_buffer("item_genres", torch.as_tensor(item_genres, dtype=torch.float32))
         num_genres = self.item_genres.shape[1]
-        self.genre_embedding = nn.Linear(num_genres, dim, bias=False) if num_genres else None
-        self.mlp = mlp(dim, dim, dropout)
+        self.genre_embedding = nn.Embedding(num_genres, dim) if num_genres else None
+        self.mlp = mlp(dim, dim, dropout) if use_mlp else None
 
     def forward(self, item_ids: torch.Tensor) -> torch.Tensor:
         x = self.item_embedding(item_ids)  # [N, d]
         if self.genre_embedding is not None:
-            x = x + self.genre_embedding(self.item_genres[item_ids])  # sum of genre vectors
-        x = self.mlp(x)
+            # the sum of the item's genre vectors: multi-hot [N, G] @ [G, d]
+            x = x + self.item_genres[item_ids] @ self.genre_embedding.weight
+        if self.mlp is not None:
+            x = self.mlp(x)
         return unit_length(x) if self.normalize else x
 
 

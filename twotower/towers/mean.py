@@ -19,7 +19,7 @@ class MeanEncoder(nn.Module):
         self.item_embedding = item_embedding
         self.max_len = config.max_history_len
         self.dropout = nn.Dropout(config.dropout)
-        self.head = UserHead(dim, num_users, config.use_user_id, config.dropout, config.normalize)
+        self.head = UserHead.from_config(config, dim, num_users)
 
     def forward(
         self, user_ids: torch.Tensor, history: torch.Tensor, history_mask: torch.Tensor

@@ -32,8 +32,11 @@ class TwoTowerModel(nn.Module):
         self.max_history_len = config.max_history_len
         item_embedding = nn.Embedding(num_items + 1, config.embedding_dim, padding_idx=0)
         features = item_genres if config.use_item_features else item_genres[:, :0]
-        self.item_tower = ItemTower(item_embedding, features, config.dropout, config.normalize)
+        self.item_tower = ItemTower(
+            item_embedding, features, config.dropout, config.normalize, config.item_mlp
+        )
         self.user_tower = encoder_class(config, item_embedding, num_users)
+        initialise_embeddings(self, config.init_std)
         self.log_temperature = nn.Parameter(
             torch.tensor(math.log(config.temperature)), requires_grad=config.learn_temperature
         )
@@ -57,3 +60,18 @@ class TwoTowerModel(nn.Module):
         """Vectors of items 1..N (row i is item index i + 1)."""
         ids = torch.arange(1, self.num_items + 1, device=self.log_temperature.device)
         return torch.cat([self.encode_items(chunk) for chunk in ids.split(batch_size)])
+
+
+@torch.no_grad()
+def initialise_embeddings(model: nn.Module, std: float) -> None:
+    """Every embedding table of both towers from N(0, std²); padding rows stay zero.
+
+    ``nn.Embedding`` starts at N(0, 1): item vectors then dwarf what the
+    Transformer adds to them, and the tied output scores start saturated.
+    A small scale (SASRec's 0.02) lets training shape the table.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, 0.0, std)
+            if module.padding_idx is not None:
+                module.weight[module.padding_idx].zero_()

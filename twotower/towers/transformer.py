@@ -111,7 +111,7 @@ class TransformerEncoder(nn.Module):
             Block(dim, config.num_heads, config.dropout) for _ in range(config.num_layers)
         )
         self.output_norm = nn.LayerNorm(dim)
-        self.head = UserHead(dim, num_users, config.use_user_id, config.dropout, config.normalize)
+        self.head = UserHead.from_config(config, dim, num_users)
 
     def summaries(
         self, history: torch.Tensor, history_mask: torch.Tensor, last_only: bool = False

@@ -9,27 +9,44 @@ from .item import mlp, unit_length
 
 
 class UserHead(nn.Module):
-    """``normalize(MLP([summary ; E_user(user_id)]))``.
+    """``summary + E_user(user_id)``, or ``MLP([summary ; E_user(user_id)])`` with ``use_mlp``.
 
+    Without the MLP (the default) the history summary is the user vector, as
+    in SASRec, and the user-ID embedding adds what the history does not say.
     User index 0 is the unknown (cold) user: its embedding row is fixed at
     zero, so a cold user is described by the history alone.
     """
 
     def __init__(
-        self, dim: int, num_users: int, use_user_id: bool, dropout: float, normalize: bool = True
+        self,
+        dim: int,
+        num_users: int,
+        use_user_id: bool,
+        dropout: float,
+        normalize: bool = True,
+        use_mlp: bool = False,
     ):
         super().__init__()
         self.normalize = normalize
         self.user_embedding = (
             nn.Embedding(num_users + 1, dim, padding_idx=0) if use_user_id else None
         )
-        self.mlp = mlp(2 * dim if use_user_id else dim, dim, dropout)
+        self.mlp = mlp(2 * dim if use_user_id else dim, dim, dropout) if use_mlp else None
 
     def forward(self, summary: torch.Tensor, user_ids: torch.Tensor) -> torch.Tensor:
-        if self.user_embedding is not None:
-            summary = torch.cat([summary, self.user_embedding(user_ids)], dim=-1)  # [B, 2d]
-        summary = self.mlp(summary)
+        if self.mlp is not None:
+            if self.user_embedding is not None:
+                summary = torch.cat([summary, self.user_embedding(user_ids)], dim=-1)  # [B, 2d]
+            summary = self.mlp(summary)
+        elif self.user_embedding is not None:
+            summary = summary + self.user_embedding(user_ids)
         return unit_length(summary) if self.normalize else summary
+
+    @classmethod
+    def from_config(cls, config, dim: int, num_users: int) -> UserHead:
+        return cls(
+            dim, num_users, config.use_user_id, config.dropout, config.normalize, config.user_mlp
+        )
 
 
 def most_recent(

@@ -42,7 +42,7 @@ class PooledTransformer(nn.Module):
             Block(dim, config.num_heads, config.dropout) for _ in range(config.num_layers)
         )
         self.output_norm = nn.LayerNorm(dim)
-        self.head = UserHead(dim, num_users, config.use_user_id, config.dropout, config.normalize)
+        self.head = UserHead.from_config(config, dim, num_users)
 
     def tokens(self, history: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """[B, L, d]: item embeddings plus positions (0 = the oldest item of the window)."""
