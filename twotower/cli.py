@@ -2,7 +2,8 @@
 
 Run settings are the fields of ``TwoTowerConfig``: each is a ``--field-name``
 flag and a key of ``--config FILE.toml`` (flags win). Choices of plugin-backed
-settings are read from the registries.
+settings are read from the registries. Every command that takes settings
+validates all of them (``validation.py``) before it reads anything else.
 """
 
 from __future__ import annotations
@@ -26,19 +27,16 @@ from rich.table import Table
 from . import __version__, plugins
 from .config import TwoTowerConfig, read_toml
 from .errors import TwoTowerError
+from .validation import REGISTRY_OF, check_settings, default_dataset, validate
 
 console = Console()
 errors = Console(stderr=True)
 
-# config fields whose values name a registered component
-REGISTRY_OF = {
-    "dataset": "datasets",
-    "user_encoder": "user_encoders",
-    "loss": "losses",
-    "retriever": "retrievers",
-}
-EVALUATE_FIELDS = ("artifacts_dir", "data_dir", "mask_seen")
+# what `evaluate` may re-point in the saved config: where the data is, and the masking
+EVALUATE_OVERRIDES = ("data_dir", "interactions", "items", "mask_seen")
+EVALUATE_FIELDS = ("artifacts_dir", *EVALUATE_OVERRIDES)
 RECOMMEND_FIELDS = ("artifacts_dir", "data_dir", "retriever")
+EXPORT_FIELDS = ("artifacts_dir", "data_dir")
 
 
 # --- flags from the config dataclass -----------------------------------------
@@ -102,23 +100,37 @@ def add_config_flags(parser: argparse.ArgumentParser, only: Sequence[str] | None
         if field.name != "extra":
             help_text += f" (default: {default})"
         group.add_argument(*flags, help=help_text, **kwargs)
-    parser.add_argument("--config", type=Path, metavar="FILE.toml", help="read settings from TOML")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE.toml",
+        help="read settings from TOML (all are checked; this command uses the ones above)",
+    )
 
 
-def resolve_config(args: argparse.Namespace) -> TwoTowerConfig:
-    """Defaults, then ``--config FILE.toml``, then flags."""
+def given_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings the user gave: ``--config FILE.toml`` (checked, naming the file), then flags."""
     values: dict[str, Any] = {}
     if getattr(args, "config", None):
-        values.update(read_toml(args.config))
+        values.update(check_settings(read_toml(args.config), where=f"{args.config}: "))
     names = {f.name for f in dataclasses.fields(TwoTowerConfig)}
     given = {k: v for k, v in vars(args).items() if k in names}
     if "extra" in given:
         given["extra"] = {**values.get("extra", {}), **dict(given["extra"])}
     values.update(given)
-    config = TwoTowerConfig.from_dict(values, source=str(getattr(args, "config", "") or "flags"))
-    for name, kind in REGISTRY_OF.items():
-        plugins.registry(kind).get(getattr(config, name))  # a TOML typo fails here, listing names
-    return config
+    return values
+
+
+def resolve_config(args: argparse.Namespace) -> TwoTowerConfig:
+    """Defaults, then ``--config FILE.toml``, then flags; every setting validated.
+
+    A run that names no dataset but gives a setting only one dataset reads
+    (``--interactions FILE``) means that dataset.
+    """
+    values = given_settings(args)
+    if "dataset" not in values and (dataset := default_dataset(values)):
+        values["dataset"] = dataset
+    return validate(TwoTowerConfig.from_dict(values, source=str(args.config or "flags")))
 
 
 # --- rendering -----------------------------------------------------------------
@@ -203,20 +215,12 @@ def cmd_fit(args: argparse.Namespace) -> None:
     console.print(f"artifacts: {result.artifacts_dir}")
 
 
-def artifacts_dir_of(args: argparse.Namespace) -> Path:
-    if getattr(args, "artifacts_dir", None):
-        return Path(args.artifacts_dir)
-    return Path(getattr(args, "data_dir", None) or TwoTowerConfig.data_dir) / "artifacts"
-
-
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from .api import evaluate
 
-    metrics = evaluate(
-        artifacts_dir_of(args),
-        mask_seen=getattr(args, "mask_seen", None),
-        data_dir=getattr(args, "data_dir", None),
-    )
+    folder = resolve_config(args).resolved_artifacts_dir
+    given = given_settings(args)
+    metrics = evaluate(folder, **{k: given[k] for k in EVALUATE_OVERRIDES if k in given})
     if args.json:
         print_json(metrics)
         return
@@ -229,7 +233,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_recommend(args: argparse.Namespace) -> None:
-    retriever = getattr(args, "retriever", None)
+    config = resolve_config(args)
+    retriever = given_settings(args).get("retriever")
     if args.bundle:
         from .serving import load_bundle
 
@@ -238,7 +243,7 @@ def cmd_recommend(args: argparse.Namespace) -> None:
     else:
         from .api import load
 
-        recommender = load(artifacts_dir_of(args))
+        recommender = load(config.resolved_artifacts_dir)
         items = recommender.recommend(
             str(args.user_id), k=args.k, exclude_seen=args.exclude_seen, retriever=retriever
         )
@@ -255,7 +260,10 @@ def cmd_export(args: argparse.Namespace) -> None:
     from .export.bundle import export_bundle
 
     folder, manifest = export_bundle(
-        artifacts_dir_of(args), out_dir=args.out, format=args.format, quantize=args.quantize
+        resolve_config(args).resolved_artifacts_dir,
+        out_dir=args.out,
+        format=args.format,
+        quantize=args.quantize,
     )
     parity = manifest["parity"]
     if args.json:
@@ -302,6 +310,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
     from .bench import report
 
+    config = resolve_config(args)
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
     with Progress(*columns, console=errors, transient=True) as progress:
         task = progress.add_task(f"bench {args.suite}")
@@ -313,7 +322,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
             from .bench import serving
 
             result = serving.run(
-                artifacts_dir_of(args), args.exports_dir, args.repeats, args.threads, notify
+                config.resolved_artifacts_dir, args.exports_dir, args.repeats, args.threads, notify
             )
         elif args.suite == "scale":
             from .bench import scale
@@ -322,10 +331,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
         else:
             from .bench import train
 
-            base = resolve_config(args)
             encoders = args.encoders or plugins.user_encoders().names()
             losses = args.losses or plugins.losses().names()
-            result = train.run(base, encoders, losses, args.seeds, notify)
+            result = train.run(config, encoders, losses, args.seeds, notify)
     result["command"] = " ".join(["twotower", *sys.argv[1:]])
     if args.json:
         report.write_json(result, args.json)
@@ -416,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     export = command("export", cmd_export, "export both towers into a serving bundle")
-    add_config_flags(export, ("artifacts_dir", "data_dir"))
+    add_config_flags(export, EXPORT_FIELDS)
     export.add_argument(
         "--format",
         default="onnx",

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import TwoTowerError
+from .schema import check
 
 
 def opt(default: Any, help: str) -> Any:
@@ -104,11 +105,8 @@ class TwoTowerConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> TwoTowerConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise TwoTowerError(f"{source}: unknown key(s) {', '.join(unknown)}")
-        return cls(**values)
+        """Settings from ``source`` (a TOML file, a saved config.json), type-checked."""
+        return cls(**check(cls, values, where=f"{source}: "))
 
     @classmethod
     def from_toml(cls, path: str | Path) -> TwoTowerConfig:
