@@ -92,6 +92,7 @@ class Kind:
     """What a folder of one kind is: its manifest tag, version, schema and required files."""
 
     name: str  # as messages say it
+    noun: str  # "an artifacts folder"
     tag: str  # the manifest's "kind"
     version: int
     schema: type
@@ -101,10 +102,22 @@ class Kind:
 
 KINDS = {
     "artifacts": Kind(
-        "artifacts", "twotower-artifacts", FORMAT_VERSION, ArtifactsManifest, ARTIFACT_FILES, "fit"
+        "artifacts",
+        "an artifacts folder",
+        "twotower-artifacts",
+        FORMAT_VERSION,
+        ArtifactsManifest,
+        ARTIFACT_FILES,
+        "fit",
     ),
     "bundle": Kind(
-        "bundle", "twotower-bundle", BUNDLE_FORMAT_VERSION, BundleManifest, BUNDLE_FILES, "export"
+        "bundle",
+        "a bundle",
+        "twotower-bundle",
+        BUNDLE_FORMAT_VERSION,
+        BundleManifest,
+        BUNDLE_FILES,
+        "export",
     ),
 }
 TAGS = {kind.tag: kind for kind in KINDS.values()}
@@ -203,9 +216,9 @@ def check_target(target: Path, kind: Kind, reads: Sequence[Path]) -> None:
         )
     found = folder_kind(manifest)
     if found is not kind:
-        what = f"a twotower {found.name}" if found else "not a twotower folder"
+        what = f"{found.noun}" if found else "a folder of an unknown kind"
         raise TwoTowerError(
-            f"{target} is {what}, and `{kind.made_by}` writes {kind.name} folders; "
+            f"{target} is {what}, and `twotower {kind.made_by}` writes {kind.noun}; "
             "choose another folder"
         )
     extra = unlisted(target, manifest)
@@ -323,8 +336,8 @@ def read_manifest(folder: Path, kind: str = "artifacts") -> dict[str, Any]:
         raise TwoTowerError(f"{path} is corrupted (not a JSON object)")
     found = folder_kind(manifest)
     if found is not spec:
-        what = f"a twotower {found.name} folder" if found else "of an unknown kind"
-        raise TwoTowerError(f"{folder} is {what}, not {kind} (its {MANIFEST} says so)")
+        what = found.noun if found else "a folder of an unknown kind"
+        raise TwoTowerError(f"{folder} is {what}, not {spec.noun} (its {MANIFEST} says so)")
     version = manifest.get("format_version")
     if version != spec.version:
         raise TwoTowerError(

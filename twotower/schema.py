@@ -137,6 +137,8 @@ def check_value(
     fits, value = conform(value, annotation)
     expected = describe(annotation)
     if not fits:
+        if isinstance(value, float) and "a number" in expected:
+            expected = expected.replace("a number", "a finite number")
         raise TwoTowerError(f"{where}{name} must be {expected}, not {value!r}")
     if allowed is not None and value is not None and not allowed.admits(value):
         kind = "" if allowed.choices is not None else f"{expected} "
