@@ -1,7 +1,7 @@
 """Folders are never clobbered, manifests are schema-checked, one run writes a target at a time.
 
-One tiny fit and one export are made for the module; each test works on
-copies, and every refusal must leave every folder byte for byte as it was.
+Each test works on copies of one tiny fit and its export (conftest.py), and
+every refusal must leave every folder byte for byte as it was.
 """
 
 from __future__ import annotations
@@ -13,55 +13,18 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import TINY, error_line, run
+from helpers import error_line, refused, run, snapshot, synthetic_fit
 
 from twotower import artifacts
-from twotower.cli import main
-from twotower.export.bundle import export_bundle
-
-
-def synthetic_fit(data_dir: Path, *extra: str) -> list[str]:
-    argv = ["fit", "--dataset", "synthetic", "--data-dir", str(data_dir), "--epochs", "1"]
-    argv += ["--max-history-len", "8", "--no-progress", "--json", *extra]
-    for key, value in TINY.items():
-        argv += ["--set", f"{key}={value}"]
-    return argv
-
-
-@pytest.fixture(scope="module")
-def fitted(tmp_path_factory) -> Path:
-    data_dir = tmp_path_factory.mktemp("fitted") / "data"
-    assert main(synthetic_fit(data_dir)) == 0
-    return data_dir / "artifacts"
-
-
-@pytest.fixture(scope="module")
-def exported(fitted, tmp_path_factory) -> Path:
-    folder, _ = export_bundle(fitted, tmp_path_factory.mktemp("exported") / "bundle")
-    return folder
 
 
 @pytest.fixture()
-def folders(fitted, exported, tmp_path) -> tuple[Path, Path]:
+def folders(fitted_artifacts, exported_bundle, tmp_path) -> tuple[Path, Path]:
     """Private copies of the artifacts and the bundle, side by side in tmp_path."""
     return (
-        Path(shutil.copytree(fitted, tmp_path / "artifacts")),
-        Path(shutil.copytree(exported, tmp_path / "bundle")),
+        Path(shutil.copytree(fitted_artifacts, tmp_path / "artifacts")),
+        Path(shutil.copytree(exported_bundle, tmp_path / "bundle")),
     )
-
-
-def snapshot(root: Path) -> dict[str, bytes]:
-    """Every file under ``root`` (hidden ones too) with its bytes."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
-
-
-def refused(capsys, root: Path, *argv) -> str:
-    """Run a command that must be refused; nothing under ``root`` may change."""
-    before = snapshot(root)
-    code, _, err = run(capsys, *argv)
-    line = error_line(code, err)
-    assert snapshot(root) == before
-    return line
 
 
 # --- never over another kind, never over what a command reads ---------------------------

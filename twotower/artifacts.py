@@ -167,7 +167,8 @@ def read_manifest_json(path: Path) -> Any:
 
 def folder_kind(manifest: dict[str, Any]) -> Kind | None:
     """The kind a manifest declares; manifests of format 1 artifacts had no ``kind``."""
-    return TAGS.get(manifest.get("kind", KINDS["artifacts"].tag))
+    tag = manifest.get("kind", KINDS["artifacts"].tag)
+    return TAGS.get(tag) if isinstance(tag, str) else None
 
 
 def unlisted(folder: Path, manifest: dict[str, Any]) -> list[str]:
