@@ -11,10 +11,10 @@ import typing
 from pathlib import Path
 
 import pytest
-from helpers import error_line, run
+from helpers import TINY, error_line, refused, run, synthetic_fit
 
 from twotower import TwoTowerConfig, fit
-from twotower.cli import build_parser, resolve_config
+from twotower.cli import build_parser, main, resolve_config
 from twotower.errors import TwoTowerError
 from twotower.retrievers.hnsw import HnswRetriever
 from twotower.validation import RULES, components, prefix_of, validate
@@ -37,7 +37,9 @@ def fails(capsys, tmp_path: Path, *argv: str) -> str:
         (["--epochs", "0"], "epochs must be an integer >= 1, not 0"),
         (["--embedding-dim", "-8"], "embedding_dim must be an integer >= 1, not -8"),
         (["--num-heads", "0"], "num_heads must be an integer >= 1, not 0"),
-        (["--num-threads", "0"], "num_threads must be an integer >= 1, not 0"),
+        (["--num-threads", "0"], "num_threads must be an integer in [1, 1024], not 0"),
+        (["--num-threads", "100000"], "num_threads must be an integer in [1, 1024], not 100000"),
+        (["--device", "meta"], "device 'meta' is not usable here"),
         (["--max-history-len", "0"], "max_history_len must be an integer >= 1, not 0"),
         (["--lr", "-0.1"], "lr must be a number > 0, not -0.1"),
         (["--dropout", "1"], "dropout must be a number in [0, 1), not 1.0"),
@@ -151,3 +153,24 @@ def test_every_command_with_settings_reads_its_config(capsys, tmp_path, command)
     toml.write_text(f'artifacts_dir = "{tmp_path / "fitted"}"\n')
     code, _, err = run(capsys, command, "--config", toml, *extra)
     assert error_line(code, err).startswith(f"error: no artifacts folder at {tmp_path / 'fitted'}")
+
+
+def test_a_config_that_is_not_a_readable_file_is_one_line(capsys, tmp_path):
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"\xff\xfe")
+    assert fails(capsys, tmp_path, "--config", str(tmp_path)).endswith("(Is a directory)")
+    assert f"error: {binary}: not valid TOML" in fails(capsys, tmp_path, "--config", str(binary))
+
+
+def test_a_k_eval_that_reaches_the_whole_catalog_is_refused(capsys, tmp_path):
+    argv = synthetic_fit(tmp_path / "data", "--k-eval", str(TINY["synthetic_num_items"]))
+    line = refused(capsys, tmp_path, *argv)
+    assert line.startswith("error: k_eval (40) must be below the number of items (40)")
+
+
+@pytest.mark.parametrize("flag", ["--repeats", "--threads", "--queries", "--sizes"])
+def test_bench_counts_must_be_positive(capsys, flag):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--suite", "scale", flag, "0"])
+    assert exit_info.value.code == 2
+    assert "expected" in capsys.readouterr().err

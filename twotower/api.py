@@ -45,10 +45,11 @@ class FitResult:
 
 
 def check_device(device: str) -> None:
-    """Fail early, in one line, on a device this machine does not have."""
+    """Fail early, in one line, on a device this machine does not have (or cannot compute on:
+    a ``meta`` tensor holds no data to copy back)."""
     try:
-        torch.empty(0, device=device)
-    except (RuntimeError, AssertionError) as exc:
+        torch.zeros(1, device=device).cpu()
+    except (RuntimeError, AssertionError, NotImplementedError) as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         reason = reason if len(reason) <= 120 else reason[:117] + "..."
         raise TwoTowerError(f"device {device!r} is not usable here ({reason})") from None
@@ -61,6 +62,15 @@ def load_dataset(config: TwoTowerConfig) -> Dataset:
 def prepare(config: TwoTowerConfig) -> Split:
     """Dataset plugin -> implicit filter -> temporal split (PROTOCOL.md)."""
     return make_split(load_dataset(config), config.min_rating, config.min_user_positives)
+
+
+def check_k_eval(k_eval: int, num_items: int) -> None:
+    """A K that reaches the whole catalog makes every target a hit: Recall@K would be 1."""
+    if k_eval >= num_items:
+        raise TwoTowerError(
+            f"k_eval ({k_eval}) must be below the number of items ({num_items}), "
+            "or every target counts as a hit"
+        )
 
 
 def input_files(config: TwoTowerConfig) -> list[Path]:
@@ -80,6 +90,7 @@ def fit(config: TwoTowerConfig, progress: bool = True) -> FitResult:
     target = config.resolved_artifacts_dir
     with files.staged_folder(target, "artifacts", reads=input_files(config)) as folder:
         split = prepare(config)
+        check_k_eval(config.k_eval, split.num_items)
         with TrainingProgress(config.epochs, f"recall@{config.k_eval}", enabled=progress) as bar:
             result = train(config, split, on_epoch=bar.epoch_done, on_step=bar.step)
         test = evaluate_model(result.model, split, "test", config)

@@ -287,13 +287,27 @@ def cmd_export(args: argparse.Namespace) -> None:
     console.print(f"bundle: {folder}")
 
 
+def positive_int(text: str) -> int:
+    """A count (repeats, threads, sizes): an integer of at least 1."""
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def int_list(text: str) -> list[int]:
     try:
-        return [int(part.replace("_", "")) for part in text.split(",") if part]
-    except ValueError:
+        values = [positive_int(part) for part in text.split(",") if part]
+    except argparse.ArgumentTypeError:
+        values = []
+    if not values:
         raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
+            f"expected comma-separated positive integers, got {text!r}"
+        )
+    return values
 
 
 def name_list(kind: str) -> Callable[[str], list[str]]:
@@ -448,9 +462,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--exports-dir", type=Path, default=Path("exports"), help="bundles live here"
     )
-    bench.add_argument("--repeats", type=int, default=200, help="timed repetitions per contender")
     bench.add_argument(
-        "--threads", type=int, default=1, help="threads for torch, BLAS, onnxruntime"
+        "--repeats", type=positive_int, default=200, help="timed repetitions per contender"
+    )
+    bench.add_argument(
+        "--threads", type=positive_int, default=1, help="threads for torch, BLAS, onnxruntime"
     )
     bench.add_argument(
         "--sizes",
@@ -458,7 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=[10_000, 100_000],
         help="scale suite catalog sizes (default: 10000,100000; add 1000000 for the full run)",
     )
-    bench.add_argument("--queries", type=int, default=1000, help="scale suite queries per size")
+    bench.add_argument(
+        "--queries", type=positive_int, default=1000, help="scale suite queries per size"
+    )
     bench.add_argument("--plot", type=Path, help="scale suite: recall vs queries/s PNG")
     bench.add_argument(
         "--encoders", type=name_list("user_encoders"), help="train suite encoders (default: all)"

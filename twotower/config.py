@@ -123,6 +123,8 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         values = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise TwoTowerError(f"config file not found: {path}") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise TwoTowerError(f"{path}: not valid TOML ({exc})") from None
+    except OSError as exc:
+        raise TwoTowerError(f"{path}: cannot read ({exc.strerror})") from None
     return {key.replace("-", "_"): value for key, value in values.items()}

@@ -55,7 +55,7 @@ RULES: dict[str, Allowed] = {
     "epochs": at_least(1),
     "patience": at_least(1),
     "seed": between(0, 2**32 - 1),  # numpy's seed range
-    "num_threads": at_least(1),
+    "num_threads": between(1, 1024),  # far more threads than cores exhaust the process
     "k_eval": at_least(1),
 }
 
