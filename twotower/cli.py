@@ -105,7 +105,7 @@ def add_config_flags(parser: argparse.ArgumentParser, only: Sequence[str] | None
         "--config",
         type=Path,
         metavar="FILE.toml",
-        help="read settings from TOML (all are checked; this command uses the ones above)",
+        help="read run settings from TOML (every key is checked; this command uses its own)",
     )
 
 

@@ -94,9 +94,9 @@ def validate(config: TwoTowerConfig) -> TwoTowerConfig:
 # --- settings one component reads ----------------------------------------------------------
 
 
-def readers(setting: str, kind: str = "datasets") -> list[str]:
-    """The components of ``kind`` that declare ``setting`` among their ``settings``."""
-    registry = plugins.registry(kind)
+def readers(setting: str) -> list[str]:
+    """The datasets that declare ``setting`` among their ``settings``."""
+    registry = plugins.datasets()
     names = registry.names()
     return [name for name in names if setting in getattr(registry.get(name), "settings", ())]
 
