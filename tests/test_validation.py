@@ -56,7 +56,7 @@ def fails(capsys, tmp_path: Path, *argv: str) -> str:
         (["--set", "epochs=3"], "--set epochs: epochs is a run setting of its own; use --epochs"),
         (["--set", "hnsw_m=3"], "--set hnsw_m: hnsw_m is a run setting of its own"),
         (["--set", "nprobe=3"], "unknown plugin option 'nprobe': a plugin option starts with"),
-        (["--dataset", "synthetic"], "interactions is read by dataset 'files', but the dataset"),
+        (["--dataset", "synthetic"], "interactions is read by dataset 'files' only, but the"),
     ],
 )
 def test_a_bad_setting_fails_first_in_one_line(capsys, tmp_path, argv, message):

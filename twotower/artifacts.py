@@ -239,6 +239,10 @@ def exclusive(target: Path) -> Iterator[None]:
     still there, so a run that opened the old file retries instead.
     """
     path = target.with_name(f".{target.name}.lock")
+    try:
+        path.touch()  # filelock reports a folder it cannot write in as a lock held elsewhere
+    except OSError as exc:
+        raise TwoTowerError(f"cannot write {target} ({exc.strerror})") from None
     lock = FileLock(path, timeout=0)
     try:
         lock.acquire()
@@ -274,7 +278,10 @@ def staged_folder(
     target = Path(target)
     check_target(target, KINDS[kind], reads)
     created = [p for p in (target.parent, *target.parent.parents) if not p.exists()]
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TwoTowerError(f"cannot create {target.parent} ({exc.strerror})") from None
     done = False
     try:
         with exclusive(target):

@@ -121,9 +121,8 @@ def check_component_settings(config: TwoTowerConfig) -> None:
             for setting in getattr(registry.get(other), "settings", ()):
                 if setting not in owned and getattr(config, setting, None) is not None:
                     raise TwoTowerError(
-                        f"{setting} is read by {registry.noun} {other!r}, but the {name} is "
-                        f"{chosen!r}; choose --{name.replace('_', '-')} {other} or drop "
-                        f"--{setting.replace('_', '-')}"
+                        f"{setting} is read by {registry.noun} {other!r} only, "
+                        f"but the {name} is {chosen!r}"
                     )
 
 
