@@ -36,7 +36,7 @@ from twotower.validation import RULES
 SETTINGS = settings(
     max_examples=int(os.environ.get("TWOTOWER_EXAMPLES", "30")),  # more for a deeper search
     deadline=None,
-    database=None,  # nothing written into the repository
+    database=None,  # no saved examples: every run draws afresh, within the bound
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 
