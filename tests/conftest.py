@@ -11,8 +11,11 @@ os.environ["TWOTOWER_PLUGINS"] = ""
 from pathlib import Path
 
 import pytest
+from helpers import synthetic_fit
 
+from twotower.cli import main
 from twotower.data import movielens
+from twotower.export.bundle import export_bundle
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_DIR = REPO_ROOT.parent / "shared" / "reference"
@@ -52,3 +55,18 @@ def reference_targets() -> Path:
     if not path.is_file():
         pytest.skip(f"{path} not found")
     return path
+
+
+@pytest.fixture(scope="session")
+def fitted_artifacts(tmp_path_factory) -> Path:
+    """Artifacts of a one-epoch fit on the tiny synthetic data, made once; tests copy them."""
+    data_dir = tmp_path_factory.mktemp("fitted") / "data"
+    assert main(synthetic_fit(data_dir)) == 0
+    return data_dir / "artifacts"
+
+
+@pytest.fixture(scope="session")
+def exported_bundle(fitted_artifacts, tmp_path_factory) -> Path:
+    """The ONNX bundle of ``fitted_artifacts``, made once; tests copy it."""
+    folder, _ = export_bundle(fitted_artifacts, tmp_path_factory.mktemp("exported") / "bundle")
+    return folder

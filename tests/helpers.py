@@ -46,6 +46,32 @@ def error_line(code: int, err: str) -> str:
     return errors[0]
 
 
+def synthetic_fit(data_dir: Path, *extra: str) -> list[str]:
+    """``twotower fit`` argv for a one-epoch run on the tiny synthetic data."""
+    argv = ["fit", "--dataset", "synthetic", "--data-dir", str(data_dir), "--epochs", "1"]
+    argv += ["--max-history-len", "8", "--no-progress", "--json", *extra]
+    for key, value in TINY.items():
+        argv += ["--set", f"{key}={value}"]
+    return argv
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` (hidden ones too) with its bytes, and every folder."""
+    return {
+        str(p.relative_to(root)): p.read_bytes() if p.is_file() else b"<folder>"
+        for p in root.rglob("*")
+    }
+
+
+def refused(capsys, root: Path, *argv: Any) -> str:
+    """Run a command that must fail in one ``error:`` line and change nothing under ``root``."""
+    before = snapshot(root)
+    code, _, err = run(capsys, *argv)
+    line = error_line(code, err)
+    assert snapshot(root) == before
+    return line
+
+
 def run_script(script: str, request: dict[str, Any], cwd: Path) -> dict[str, Any]:
     """Run ``script`` in a fresh interpreter, JSON request on stdin, JSON answer on stdout."""
     done = subprocess.run(

@@ -17,10 +17,10 @@ def resolved(*argv: str) -> TwoTowerConfig:
 
 def test_toml_keys_are_flags_and_flags_win(tmp_path):
     toml = tmp_path / "run.toml"
-    toml.write_text('epochs = 7\nuser-encoder = "gru"\nlr = 0.01\n[extra]\nfaiss_nprobe = 4\n')
-    config = resolved("--config", str(toml), "--epochs", "3", "--set", "faiss_nprobe=8")
+    toml.write_text('epochs = 7\nuser-encoder = "gru"\nlr = 0.01\n[extra]\nhnsw_seed = 4\n')
+    config = resolved("--config", str(toml), "--epochs", "3", "--set", "hnsw_seed=8")
     assert (config.epochs, config.user_encoder, config.lr) == (3, "gru", 0.01)
-    assert config.extra == {"faiss_nprobe": 8}
+    assert config.extra == {"hnsw_seed": 8}
     assert resolved().to_dict() == TwoTowerConfig().to_dict()  # no flags: the defaults
 
 

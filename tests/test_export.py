@@ -21,12 +21,12 @@ from helpers import error_line, run, run_script
 
 from twotower import artifacts, plugins
 from twotower.api import load
+from twotower.artifacts import BUNDLE_FORMAT_VERSION
 from twotower.cli import main
 from twotower.data.padding import pad_left
 from twotower.errors import TwoTowerError
 from twotower.export import bundle as export_module
 from twotower.export.bundle import (
-    BUNDLE_FORMAT_VERSION,
     MAX_ABS_DIFF,
     MIN_TOP10_AGREEMENT,
     export_bundle,

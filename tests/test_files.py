@@ -10,6 +10,7 @@ import pytest
 
 from twotower.config import TwoTowerConfig
 from twotower.data import files
+from twotower.data.dataset import Dataset
 from twotower.data.split import make_split
 from twotower.errors import TwoTowerError
 
@@ -158,8 +159,9 @@ def test_parquet_with_typed_columns(tmp_path):
     frame = dataset.interactions
     assert frame["user"].tolist() == ["1", "2"]
     assert frame["item"].tolist() == ["10", "20"]
-    assert frame["timestamp"].dtype == np.int64
-    assert frame["timestamp"].tolist() == [1_000_000_000, 1_000_000_060]
+    assert frame["timestamp"].dtype == np.int64  # counts of the datetime's own unit
+    first, second = frame["timestamp"].tolist()
+    assert second - first == 60 * (first // 1_000_000_000)
     assert frame["rating"].tolist() == [4.0, 3.5]
     assert dataset.items["item"].tolist() == ["10", "20"]
     assert [list(g) for g in dataset.items["genres"]] == [["A", "B"], []]
@@ -276,3 +278,77 @@ def test_item_listed_twice_in_items_file(tmp_path):
     path = write(tmp_path / "movies.csv", "movieId,title\n1,A\n2,B\n1,C\n")
     message = message_of(files.load_items, path)
     assert message == f"{path}: row 4: item '1' listed twice"
+
+
+# --- timestamps keep their meaning -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("inf", "'inf' is not a finite number"),
+        ("-inf", "'-inf' is not a finite number"),
+        ("nan", "'nan' is not a number"),
+        ("1e30", "'1e30' is out of range (at most ±9.2e18)"),
+        ("-99999999999999999999", "'-99999999999999999999' is out of range (at most ±9.2e18)"),
+    ],
+)
+def test_a_timestamp_without_a_place_in_time_is_refused_with_its_row(tmp_path, value, problem):
+    path = write(tmp_path / "x.csv", f"user,item,timestamp\n1,1,10\n1,2,{value}\n")
+    message = message_of(files.load_interactions, path)
+    assert message == f"{path}: row 3, column 'timestamp': {problem}"
+
+
+def test_an_infinite_rating_is_refused_with_its_row(tmp_path):
+    path = write(tmp_path / "x.csv", "user,item,rating,timestamp\n1,1,4,10\n1,2,inf,11\n")
+    message = message_of(files.load_interactions, path)
+    assert message == f"{path}: row 3, column 'rating': 'inf' is not a finite number"
+
+
+def test_a_blank_id_is_refused_with_its_row(tmp_path):
+    path = write(tmp_path / "x.csv", "user,item,timestamp\n1,1,10\n1,   ,11\n")
+    assert message_of(files.load_interactions, path) == f"{path}: row 3, column 'item': blank id"
+
+
+def split_order(frame: pd.DataFrame) -> list[str]:
+    dataset = Dataset("x", frame)
+    split = make_split(dataset, min_rating=0.0)
+    return [split.item_ids[i - 1] for i in split.sequences[0]]
+
+
+def test_fractional_seconds_order_the_history(tmp_path):
+    """Truncated to whole seconds, all four would tie and order by item id instead."""
+    path = write(
+        tmp_path / "x.csv",
+        "user,item,timestamp\n1,1,10.9\n1,2,10.7\n1,3,10.5\n1,4,10.25\n",
+    )
+    frame = files.load_interactions(path)
+    assert frame["timestamp"].dtype == np.float64
+    assert split_order(frame) == ["4", "3", "2", "1"]
+
+
+def test_whole_number_timestamps_stay_exact_integers(tmp_path):
+    big = 1_700_000_000_123_456_789  # nanoseconds: more digits than a float64 holds
+    path = write(tmp_path / "x.csv", f"user,item,timestamp\n1,1,{big + 1}\n1,2,{big}\n1,3,10\n")
+    frame = files.load_interactions(path)
+    assert frame["timestamp"].dtype == np.int64
+    assert frame["timestamp"].tolist() == [big + 1, big, 10]
+    assert split_order(frame) == ["3", "2", "1"]
+
+
+def test_parquet_datetimes_keep_sub_second_order(tmp_path):
+    path = tmp_path / "x.parquet"
+    times = pd.to_datetime(
+        ["2020-01-01 00:00:00.9", "2020-01-01 00:00:00.1", "2020-01-01 00:00:00.5"]
+    )
+    items = ["a", "b", "c"]
+    pd.DataFrame({"user": ["u"] * 3, "item": items, "timestamp": times}).to_parquet(path)
+    assert split_order(files.load_interactions(path)) == ["b", "c", "a"]
+
+
+def test_a_missing_parquet_datetime_is_refused_with_its_row(tmp_path):
+    path = tmp_path / "x.parquet"
+    times = pd.to_datetime(["2020-01-01", None])
+    pd.DataFrame({"user": ["u", "u"], "item": ["a", "b"], "timestamp": times}).to_parquet(path)
+    message = message_of(files.load_interactions, path)
+    assert message == f"{path}: row 2, column 'timestamp': empty value"

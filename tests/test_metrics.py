@@ -14,7 +14,7 @@ from twotower.data.dataset import Dataset
 from twotower.data.split import make_split
 from twotower.data.seen import EarlierItems
 from twotower.evaluation import evaluate_popularity, popularity_scores
-from twotower.metrics import metric_ks, metrics_from_ranks, target_ranks
+from twotower.metrics import NonFiniteScores, metric_ks, metrics_from_ranks, target_ranks
 
 
 def test_metrics_from_known_ranks():
@@ -61,6 +61,14 @@ def test_target_ranks_counts_higher_scores():
     assert ranks.tolist() == [3, 4]
     ranks = target_ranks(scores, torch.tensor([1, 0]), no_mask)
     assert ranks.tolist() == [1, 1]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_target_ranks_refuses_non_finite_scores(bad):
+    """A NaN compares false with everything: counted naively, the target would rank first."""
+    scores = torch.tensor([[0.1, 0.9, 0.5], [0.4, bad, 0.2]])
+    with pytest.raises(NonFiniteScores, match="the scores of 1 of 2 users are not finite"):
+        target_ranks(scores, torch.tensor([2, 0]), torch.zeros(2, 3, dtype=torch.bool))
 
 
 def test_target_ranks_ignores_excluded_items():

@@ -238,6 +238,25 @@ def test_bad_requests(bundles, users, retriever):
             bundle.recommend_batch(users[:2], k=k)
 
 
+@pytest.mark.parametrize("retriever", RETRIEVERS)
+def test_request_edges(bundles, recommender, users, retriever):
+    bundle = bundles[retriever]
+    assert bundle.recommend_batch([]) == []  # an empty batch: an empty answer
+    everything = bundle.recommend(users[0], k=10**12)  # a huge k asks for every item left
+    unseen = NUM_ITEMS - len(set(recommender.histories[users[0]]))
+    assert len(everything) == unseen
+    assert ids(bundle.recommend(users[0], k=np.int64(3))) == ids(everything[:3])
+    with pytest.raises(TwoTowerError, match="item_ids must be a list of ids, not str '50'"):
+        bundle.recommend_history("50")  # not the items '5' and '0'
+    with pytest.raises(TwoTowerError, match="user_ids must be a list of ids, not str"):
+        bundle.recommend_batch(users[0])
+
+
+def test_pytorch_path_takes_a_huge_k(recommender, users):
+    unseen = NUM_ITEMS - len(set(recommender.histories[users[0]]))
+    assert len(recommender.recommend(users[0], k=10**12)) == unseen
+
+
 # --- the CLI -----------------------------------------------------------------------------
 
 

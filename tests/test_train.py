@@ -3,9 +3,11 @@
 import json
 
 import pytest
-from helpers import tiny_config
+from helpers import TINY, error_line, run, tiny_config
 
-from twotower import TwoTowerError, fit
+from twotower import TwoTowerError, fit, plugins
+from twotower.hookspecs import hookimpl
+from twotower.train import stop_if_diverged
 
 
 def test_the_same_seed_gives_the_same_metrics(tmp_path):
@@ -75,3 +77,50 @@ def test_api_names_are_functions_even_after_every_module_is_imported():
     import twotower.train
 
     assert callable(twotower.evaluate) and callable(twotower.fit) and callable(twotower.load)
+
+
+# --- a diverged run is never scored -----------------------------------------------------
+
+
+class NaNLoss:
+    """A loss plugin whose every value is NaN, as a diverged objective's would be."""
+
+    def __init__(self, config, item_counts):
+        pass
+
+    def __call__(self, user_vecs, item_vecs, temperature, batch):
+        return (user_vecs * item_vecs).sum() * float("nan")
+
+
+class NaNLossPlugin:
+    @hookimpl
+    def register_losses(self, register):
+        register("nan-loss", NaNLoss)
+
+
+def test_a_nan_loss_stops_the_run_naming_the_epoch(tmp_path):
+    plugins.add_plugin(NaNLossPlugin(), "nan-loss-plugin")
+    try:
+        config = tiny_config(tmp_path, loss="nan-loss", artifacts_dir=str(tmp_path / "out"))
+        with pytest.raises(TwoTowerError, match=r"training diverged at epoch 1, step 1 \(loss nan"):
+            fit(config, progress=False)
+    finally:
+        plugins.remove_plugin("nan-loss-plugin")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_learning_rate_that_diverges_is_an_error_not_a_perfect_score(tmp_path, capsys):
+    argv = ["fit", "--dataset", "synthetic", "--data-dir", tmp_path / "data", "--lr", "1e6"]
+    for key, value in TINY.items():
+        argv += ["--set", f"{key}={value}"]
+    code, out, err = run(capsys, *argv, "--epochs", "2", "--max-history-len", "8", "--json")
+    assert error_line(code, err).startswith("error: training diverged at epoch 1")
+    assert out == ""
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize(("loss", "norm"), [(float("nan"), 1.0), (1.0, float("inf"))])
+def test_a_non_finite_loss_or_gradient_stops_training(loss, norm):
+    with pytest.raises(TwoTowerError, match="training diverged at epoch 3, step 7"):
+        stop_if_diverged(3, 7, loss, norm, 0.1)
+    stop_if_diverged(3, 7, 1.0, 1.0, 0.1)  # finite: training goes on

@@ -24,9 +24,10 @@ from .data.split import Split, make_split
 from .errors import TwoTowerError
 from .evaluation import evaluate_model, evaluate_popularity
 from .progress import TrainingProgress
-from .recommendation import Recommendation, check_k, ranked, unknown_user
+from .recommendation import Recommendation, check_k, ranked, require_finite, unknown_user
 from .towers.model import TwoTowerModel
 from .train import train
+from .validation import validate
 
 log = logging.getLogger("twotower")
 
@@ -44,10 +45,11 @@ class FitResult:
 
 
 def check_device(device: str) -> None:
-    """Fail early, in one line, on a device this machine does not have."""
+    """Fail early, in one line, on a device this machine does not have (or cannot compute on:
+    a ``meta`` tensor holds no data to copy back)."""
     try:
-        torch.empty(0, device=device)
-    except (RuntimeError, AssertionError) as exc:
+        torch.zeros(1, device=device).cpu()
+    except (RuntimeError, AssertionError, NotImplementedError) as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         reason = reason if len(reason) <= 120 else reason[:117] + "..."
         raise TwoTowerError(f"device {device!r} is not usable here ({reason})") from None
@@ -62,25 +64,45 @@ def prepare(config: TwoTowerConfig) -> Split:
     return make_split(load_dataset(config), config.min_rating, config.min_user_positives)
 
 
+def check_k_eval(k_eval: int, num_items: int) -> None:
+    """A K that reaches the whole catalog makes every target a hit: Recall@K would be 1."""
+    if k_eval >= num_items:
+        raise TwoTowerError(
+            f"k_eval ({k_eval}) must be below the number of items ({num_items}), "
+            "or every target counts as a hit"
+        )
+
+
+def input_files(config: TwoTowerConfig) -> list[Path]:
+    """The data files a run reads, which its artifacts must never overwrite."""
+    return [Path(path) for path in (config.interactions, config.items) if path]
+
+
 def fit(config: TwoTowerConfig, progress: bool = True) -> FitResult:
-    """Train on ``config``'s dataset, evaluate on test once, and write the artifacts."""
+    """Train on ``config``'s dataset, evaluate on test once, and write the artifacts.
+
+    Settings are validated and the artifacts folder is claimed (checked and
+    locked) before any data is read, so a run that cannot finish fails first.
+    """
     started = time.perf_counter()
+    config = validate(config)
     check_device(config.device)
-    for kind, name in (("user_encoders", config.user_encoder), ("losses", config.loss)):
-        plugins.registry(kind).get(name)  # fail on a bad name before any work
-    split = prepare(config)
-    with TrainingProgress(config.epochs, f"recall@{config.k_eval}", enabled=progress) as bar:
-        result = train(config, split, on_epoch=bar.epoch_done, on_step=bar.step)
-    test = evaluate_model(result.model, split, "test", config)
-    test.update(
-        num_users=split.num_users,
-        num_items=split.num_items,
-        mask_seen=config.mask_seen,
-        best_epoch=result.best_epoch,
-    )
-    popularity = {stage: evaluate_popularity(split, stage, config) for stage in ("valid", "test")}
     target = config.resolved_artifacts_dir
-    write_artifacts(target, config, split, result.model, result.log, test, popularity)
+    with files.staged_folder(target, "artifacts", reads=input_files(config)) as folder:
+        split = prepare(config)
+        check_k_eval(config.k_eval, split.num_items)
+        with TrainingProgress(config.epochs, f"recall@{config.k_eval}", enabled=progress) as bar:
+            result = train(config, split, on_epoch=bar.epoch_done, on_step=bar.step)
+        test = evaluate_model(result.model, split, "test", config)
+        test.update(
+            num_users=split.num_users,
+            num_items=split.num_items,
+            mask_seen=config.mask_seen,
+            best_epoch=result.best_epoch,
+        )
+        stages = ("valid", "test")
+        popularity = {stage: evaluate_popularity(split, stage, config) for stage in stages}
+        write_artifacts(folder, config, split, result.model, result.log, test, popularity)
     return FitResult(
         config,
         target,
@@ -93,40 +115,41 @@ def fit(config: TwoTowerConfig, progress: bool = True) -> FitResult:
     )
 
 
-def write_artifacts(target, config, split, model, train_log, test, popularity) -> None:
-    """Write every artifact into a staging folder, then swap it in (see artifacts.py)."""
-    retriever_options = plugins.component_options(config, "hnsw")
-    with files.staged_folder(target) as folder:
-        torch.save(
-            {
-                "state_dict": model.state_dict(),
-                "num_users": split.num_users,
-                "num_items": split.num_items,
-                "num_genres": len(split.genre_names),
-            },
-            folder / files.MODEL,
-        )
-        files.write_json(folder / files.CONFIG, config.to_dict())
-        vectors = model.catalog_vectors().cpu().numpy()
-        files.save_array(folder / files.ITEM_EMBEDDINGS, vectors)
-        plugins.retrievers().get("hnsw").build(vectors, **retriever_options).save(folder)
-        files.write_json(
-            folder / files.MAPPINGS, {"users": split.user_ids, "items": split.item_ids}
-        )
-        items = [
-            {"item_id": item, "title": title, "genres": genres}
-            for item, title, genres in zip(split.item_ids, split.titles, split.genres, strict=True)
-        ]
-        files.write_json(folder / files.ITEMS, {"genres": split.genre_names, "items": items})
-        histories = {
-            user: [split.item_ids[i - 1] for i in sequence]
-            for user, sequence in zip(split.user_ids, split.sequences, strict=True)
-        }
-        files.write_json(folder / files.USER_HISTORIES, histories)
-        files.write_jsonl(folder / files.TRAIN_LOG, train_log)
-        files.write_json(folder / files.TEST_METRICS, test)
-        files.write_json(folder / files.BASELINE_METRICS, popularity)
-        files.write_manifest(folder, {"config": config.to_dict()})
+def write_artifacts(folder, config, split, model, train_log, test, popularity) -> None:
+    """Write every artifact into the staging ``folder`` (see artifacts.staged_folder)."""
+    vectors = model.catalog_vectors().cpu().numpy()
+    # the native index before any file: a crash inside it leaves an empty staging folder,
+    # which the next run writing this target removes
+    options = plugins.component_options(config, "hnsw")
+    index = plugins.retrievers().get("hnsw").build(vectors, **options)
+    torch.save(
+        {
+            "state_dict": model.state_dict(),
+            "num_users": split.num_users,
+            "num_items": split.num_items,
+            "num_genres": len(split.genre_names),
+        },
+        folder / files.MODEL,
+    )
+    files.write_json(folder / files.CONFIG, config.to_dict())
+    files.save_array(folder / files.ITEM_EMBEDDINGS, vectors)
+    index.save(folder)
+    files.write_json(folder / files.MAPPINGS, {"users": split.user_ids, "items": split.item_ids})
+    items = [
+        {"item_id": item, "title": title, "genres": genres}
+        for item, title, genres in zip(split.item_ids, split.titles, split.genres, strict=True)
+    ]
+    files.write_json(folder / files.ITEMS, {"genres": split.genre_names, "items": items})
+    histories = {
+        user: [split.item_ids[i - 1] for i in sequence]
+        for user, sequence in zip(split.user_ids, split.sequences, strict=True)
+    }
+    files.write_json(folder / files.USER_HISTORIES, histories)
+    files.write_jsonl(folder / files.TRAIN_LOG, train_log)
+    files.write_json(folder / files.TEST_METRICS, test)
+    files.write_json(folder / files.BASELINE_METRICS, popularity)
+    extra = {"config": config.to_dict(), "data_sha256": split.fingerprint()}
+    files.write_manifest(folder, "artifacts", extra)
 
 
 def load_model(folder: Path, config: TwoTowerConfig) -> TwoTowerModel:
@@ -146,7 +169,8 @@ class Recommender:
     def __init__(self, folder: Path):
         self.folder = Path(folder)
         self.manifest = files.read_manifest(self.folder)
-        self.config = TwoTowerConfig.from_dict(files.read_json(self.folder, files.CONFIG))
+        source = self.folder / files.CONFIG
+        self.config = TwoTowerConfig.from_dict(files.read_json(self.folder, files.CONFIG), source)
         self.model = load_model(self.folder, self.config)
         mappings = files.read_json(self.folder, files.MAPPINGS)
         self.user_ids: list[str] = mappings["users"]
@@ -200,8 +224,8 @@ class Recommender:
         self, user_id: str, k: int = 10, exclude_seen: bool = True, retriever: str | None = None
     ) -> list[Recommendation]:
         """Top-``k`` items for a known user, best first."""
-        check_k(k)
-        query = self.user_vector(user_id)
+        k = check_k(k, len(self.item_ids))
+        query = require_finite(self.user_vector(user_id))
         seen = [self.item_index[i] - 1 for i in self.histories[str(user_id)]]
         index = self.retriever(retriever or self.config.retriever)
         ids, scores = index.search(query, k, exclude=[seen] if exclude_seen else None)
@@ -214,25 +238,35 @@ def load(artifacts_dir: str | Path) -> Recommender:
 
 
 def evaluate(
-    artifacts_dir: str | Path, mask_seen: bool | None = None, data_dir: str | None = None
+    artifacts_dir: str | Path,
+    mask_seen: bool | None = None,
+    data_dir: str | None = None,
+    interactions: str | None = None,
+    items: str | None = None,
 ) -> dict[str, Any]:
     """Re-evaluate saved artifacts on the test split, re-read from the dataset.
 
-    ``mask_seen`` overrides the saved setting; ``data_dir`` points at the
-    data when it moved since the fit.
+    ``mask_seen`` overrides the saved setting; ``data_dir``, ``interactions``
+    and ``items`` point at the data when it moved since the fit. The data
+    must be the data of the fit: its fingerprint is compared with the one
+    the manifest recorded, so a changed file is refused, never scored.
     """
     recommender = load(artifacts_dir)
-    config = recommender.config
-    overrides: dict[str, Any] = {"download": False}
-    if mask_seen is not None:
-        overrides["mask_seen"] = mask_seen
-    if data_dir is not None:
-        overrides["data_dir"] = data_dir
-    config = config.replace(**overrides)
+    overrides = {
+        "download": False,
+        "mask_seen": mask_seen,
+        "data_dir": data_dir,
+        "interactions": interactions,
+        "items": items,
+    }
+    given = {key: value for key, value in overrides.items() if value is not None}
+    config = validate(recommender.config.replace(**given))
     split = prepare(config)
-    if split.user_ids != recommender.user_ids or split.item_ids != recommender.item_ids:
+    if split.fingerprint() != recommender.manifest["data_sha256"]:
         raise TwoTowerError(
-            f"the data in {config.data_dir} does not give the split these artifacts were trained on"
+            f"the data ({describe_data(config)}) is not the data {recommender.folder} was "
+            f"fitted on (fingerprint {split.fingerprint()[:12]}, fitted on "
+            f"{recommender.manifest['data_sha256'][:12]}); point evaluate at that data"
         )
     metrics = {
         "model": evaluate_model(recommender.model, split, "test", config),
@@ -241,3 +275,10 @@ def evaluate(
     metrics["mask_seen"] = config.mask_seen
     metrics["num_users"], metrics["num_items"] = split.num_users, split.num_items
     return json.loads(json.dumps(metrics))
+
+
+def describe_data(config: TwoTowerConfig) -> str:
+    files_read = input_files(config)
+    if files_read:
+        return ", ".join(map(str, files_read))
+    return f"dataset {config.dataset!r} in {config.data_dir}"

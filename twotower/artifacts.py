@@ -1,12 +1,18 @@
-"""The artifacts folder: file names, the manifest, atomic writes, verified reads.
+"""Artifacts and bundle folders: file names, the manifest, atomic writes, verified reads.
 
 A run's files are written into a staging folder beside the target and swap
 in only when every file and the manifest are complete, so an interrupted or
-failed run never leaves a half-written artifacts folder. ``manifest.json``
-lists each file with its sha256; reading verifies them and names the bad file.
-Nothing is pickled: tensors go through ``torch.save`` of plain state dicts
-(read back with ``weights_only=True``), arrays through ``np.save`` without
-pickle, everything else is JSON.
+failed run never leaves a half-written folder. One run at a time writes a
+target: a lock beside it refuses a second. A folder is only ever replaced
+by a folder of its own kind, written by twotower, that holds nothing but the
+files its manifest lists, and never by the command that reads it.
+
+``manifest.json`` says what the folder is (``kind``) and lists each file
+with its sha256; reading checks its fields, refuses files it does not list,
+and verifies every checksum, naming the bad file. Nothing is pickled:
+tensors go through ``torch.save`` of plain state dicts (read back with
+``weights_only=True``), arrays through ``np.save`` without pickle,
+everything else is JSON.
 """
 
 from __future__ import annotations
@@ -16,19 +22,24 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from filelock import FileLock, Timeout
 
 from .errors import TwoTowerError
+from .schema import check
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the manifest says what the folder is and which data it was fitted on
+BUNDLE_FORMAT_VERSION = 1  # bundles written by `twotower export` (export/bundle.py)
 MANIFEST = "manifest.json"
 MODEL = "model.pt"
 CONFIG = "config.json"
@@ -39,6 +50,78 @@ USER_HISTORIES = "user_histories.json"
 TRAIN_LOG = "train_log.jsonl"
 TEST_METRICS = "test_metrics.json"
 BASELINE_METRICS = "popularity_metrics.json"
+
+# the files every loader of that kind reads, so the manifest must checksum them
+ARTIFACT_FILES = (MODEL, CONFIG, ITEM_EMBEDDINGS, MAPPINGS, ITEMS, USER_HISTORIES)
+BUNDLE_FILES = (CONFIG, ITEM_EMBEDDINGS, MAPPINGS, ITEMS, USER_HISTORIES)
+
+
+@dataclass
+class Manifest:
+    """The fields every manifest has; ``files`` maps each file name to its sha256."""
+
+    format_version: int
+    kind: str
+    created: str
+    versions: dict[str, Any]
+    files: dict[str, Any]
+
+
+@dataclass
+class ArtifactsManifest(Manifest):
+    config: dict[str, Any]
+    data_sha256: str  # Split.fingerprint() of the data the model was fitted on
+
+
+@dataclass
+class BundleManifest(Manifest):
+    source_model_sha256: str
+    format: str
+    quantization: str | None
+    graphs: dict[str, Any]
+    max_history_len: int
+    num_users: int
+    num_items: int
+    embedding_dim: int
+    parity: dict[str, Any]
+    opset: int | None = None
+
+
+@dataclass(frozen=True)
+class Kind:
+    """What a folder of one kind is: its manifest tag, version, schema and required files."""
+
+    name: str  # as messages say it
+    noun: str  # "an artifacts folder"
+    tag: str  # the manifest's "kind"
+    version: int
+    schema: type
+    required: tuple[str, ...]
+    made_by: str  # the command that writes it
+
+
+KINDS = {
+    "artifacts": Kind(
+        "artifacts",
+        "an artifacts folder",
+        "twotower-artifacts",
+        FORMAT_VERSION,
+        ArtifactsManifest,
+        ARTIFACT_FILES,
+        "fit",
+    ),
+    "bundle": Kind(
+        "bundle",
+        "a bundle",
+        "twotower-bundle",
+        BUNDLE_FORMAT_VERSION,
+        BundleManifest,
+        BUNDLE_FILES,
+        "export",
+    ),
+}
+TAGS = {kind.tag: kind for kind in KINDS.values()}
+SHA256 = re.compile(r"[0-9a-f]{64}")
 
 LIBRARIES = ("twotower", "torch", "numpy", "pandas", "hnswlib", "pluggy", "onnx", "onnxruntime")
 
@@ -72,35 +155,160 @@ def save_array(path: Path, array: np.ndarray) -> None:
         np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
 
 
+# --- writing ------------------------------------------------------------------------
+
+
+def read_manifest_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise TwoTowerError(f"{path} is corrupted ({exc})") from None
+
+
+def folder_kind(manifest: dict[str, Any]) -> Kind | None:
+    """The kind a manifest declares; manifests of format 1 artifacts had no ``kind``."""
+    tag = manifest.get("kind", KINDS["artifacts"].tag)
+    return TAGS.get(tag) if isinstance(tag, str) else None
+
+
+def unlisted(folder: Path, manifest: dict[str, Any]) -> list[str]:
+    """Names in ``folder`` that its manifest does not list (files or folders)."""
+    listed = manifest.get("files")
+    listed = set(listed) if isinstance(listed, dict) else set()
+    return sorted(p.name for p in folder.iterdir() if p.name not in listed | {MANIFEST})
+
+
+def overlaps(a: Path, b: Path) -> bool:
+    """One path is the other, or inside it."""
+    a, b = a.resolve(), b.resolve()
+    return a == b or a in b.parents or b in a.parents
+
+
+def check_target(target: Path, kind: Kind, reads: Sequence[Path]) -> None:
+    """Refuse a target the command may not replace, before anything is created.
+
+    ``reads`` are the files and folders the command reads; writing over,
+    into or around them would destroy its own input.
+    """
+    for source in reads:
+        if overlaps(target, Path(source)):
+            raise TwoTowerError(
+                f"{target} would overwrite {source}, which this command reads; "
+                "choose another folder"
+            )
+    if not target.exists():
+        return
+    if not target.is_dir():
+        raise TwoTowerError(f"{target} is a file, not a folder; choose another folder")
+    if not any(target.iterdir()):
+        return
+    path = target / MANIFEST
+    if not path.is_file():
+        raise TwoTowerError(
+            f"{target} exists and is not a twotower {kind.name} folder; choose another folder"
+        )
+    try:
+        manifest = read_manifest_json(path)
+    except TwoTowerError:
+        manifest = None
+    if not isinstance(manifest, dict):
+        raise TwoTowerError(
+            f"{target} has a damaged {MANIFEST}, so it is not replaced; choose another folder"
+        )
+    found = folder_kind(manifest)
+    if found is not kind:
+        what = f"{found.noun}" if found else "a folder of an unknown kind"
+        raise TwoTowerError(
+            f"{target} is {what}, and `twotower {kind.made_by}` writes {kind.noun}; "
+            "choose another folder"
+        )
+    extra = unlisted(target, manifest)
+    if extra:
+        raise TwoTowerError(
+            f"{target} holds files twotower did not write ({', '.join(extra[:3])}), "
+            "so it is not replaced; choose another folder"
+        )
+
+
 @contextlib.contextmanager
-def staged_folder(target: Path, kind: str = "artifacts") -> Iterator[Path]:
+def exclusive(target: Path) -> Iterator[None]:
+    """Hold the lock of ``target``; a second run writing it fails at once.
+
+    The lock file beside the target is removed while still held:
+    ``filelock`` checks, once it has locked, that the file it locked is
+    still there, so a run that opened the old file retries instead.
+    """
+    path = target.with_name(f".{target.name}.lock")
+    try:
+        path.touch()  # filelock reports a folder it cannot write in as a lock held elsewhere
+    except OSError as exc:
+        raise TwoTowerError(f"cannot write {target} ({exc.strerror})") from None
+    lock = FileLock(path, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise TwoTowerError(
+            f"another twotower run is writing {target} (lock {path}); wait for it to finish"
+        ) from None
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        lock.release()
+
+
+def remove_stale(target: Path) -> None:
+    """Staging folders of ``target`` left by a killed run (only called under its lock)."""
+    for pattern in (f".{target.name}.staging-*", f".{target.name}.previous-*"):
+        for stale in target.parent.glob(pattern):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_folder(
+    target: Path, kind: str = "artifacts", reads: Sequence[Path] = ()
+) -> Iterator[Path]:
     """Yield an empty staging folder that replaces ``target`` only if the block succeeds.
 
-    ``target`` must be absent, empty, or a folder this project wrote (it has a
-    manifest): a folder of someone else's files is never replaced.
+    On entry the target is checked (``check_target``) and locked, so a run
+    fails before its work, not after. A failed block leaves nothing behind,
+    not even the parent folders it had to create.
     """
     target = Path(target)
-    if target.exists() and any(target.iterdir()) and not (target / MANIFEST).is_file():
-        raise TwoTowerError(
-            f"{target} exists and is not a twotower {kind} folder; choose another folder"
-        )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-", dir=target.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
+    check_target(target, KINDS[kind], reads)
+    created = [p for p in (target.parent, *target.parent.parents) if not p.exists()]
     try:
-        yield staging
-        previous = target.with_name(f".{target.name}.previous-{os.getpid()}")
-        if target.exists():
-            target.rename(previous)
-        staging.rename(target)
-        shutil.rmtree(previous, ignore_errors=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TwoTowerError(f"cannot create {target.parent} ({exc.strerror})") from None
+    done = False
+    try:
+        with exclusive(target):
+            check_target(target, KINDS[kind], reads)  # again: it may have changed before the lock
+            remove_stale(target)
+            staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-", dir=target.parent))
+            staging.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
+            try:
+                yield staging
+                previous = target.with_name(f".{target.name}.previous-{os.getpid()}")
+                if target.exists():
+                    target.rename(previous)
+                staging.rename(target)
+                shutil.rmtree(previous, ignore_errors=True)
+                done = True
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if not done:
+            for parent in created:  # deepest first; one that is no longer empty stays
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break
 
 
-def write_manifest(
-    folder: Path, extra: dict[str, Any], format_version: int = FORMAT_VERSION
-) -> dict[str, Any]:
+def write_manifest(folder: Path, kind: str, extra: dict[str, Any]) -> dict[str, Any]:
     """Checksum every file in ``folder`` into ``manifest.json`` (written last)."""
     files = {
         path.name: sha256_of(path)
@@ -108,42 +316,71 @@ def write_manifest(
         if path.is_file() and path.name != MANIFEST
     }
     manifest = {
-        "format_version": format_version,
+        "format_version": KINDS[kind].version,
+        "kind": KINDS[kind].tag,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "versions": library_versions(),
         **extra,
         "files": files,
     }
+    check(KINDS[kind].schema, manifest, complete=True)  # what every reader will demand
     write_json(folder / MANIFEST, manifest)
     return manifest
 
 
-def read_manifest(folder: Path, kind: str = "artifacts", format_version: int = FORMAT_VERSION):
-    """Read and check ``manifest.json``: the format version and every file's sha256."""
-    folder = Path(folder)
+# --- reading ------------------------------------------------------------------------
+
+
+def read_manifest(folder: Path, kind: str = "artifacts") -> dict[str, Any]:
+    """Read and check ``manifest.json``: kind, format version, fields and every file's sha256."""
+    folder, spec = Path(folder), KINDS[kind]
     path = folder / MANIFEST
     if not folder.is_dir():
-        command = "twotower export" if kind == "bundle" else "twotower fit"
-        raise TwoTowerError(f"no {kind} folder at {folder}; run `{command}` first")
+        raise TwoTowerError(f"no {kind} folder at {folder}; run `twotower {spec.made_by}` first")
     if not path.is_file():
         raise TwoTowerError(f"{path} is missing: {folder} is not a complete {kind} folder")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise TwoTowerError(f"{path} is corrupted ({exc})") from None
-    found = manifest.get("format_version")
-    if found != format_version:
+    manifest = read_manifest_json(path)
+    if not isinstance(manifest, dict):
+        raise TwoTowerError(f"{path} is corrupted (not a JSON object)")
+    found = folder_kind(manifest)
+    if found is not spec:
+        what = found.noun if found else "a folder of an unknown kind"
+        raise TwoTowerError(f"{folder} is {what}, not {spec.noun} (its {MANIFEST} says so)")
+    version = manifest.get("format_version")
+    if version != spec.version:
         raise TwoTowerError(
-            f"{path}: {kind} format version {found!r}, but this twotower reads version "
-            f"{format_version}; re-create them with this version"
+            f"{path}: {kind} format version {version!r}, but this twotower reads version "
+            f"{spec.version}; re-create them with this version"
         )
-    for name, expected in manifest.get("files", {}).items():
+    check(spec.schema, manifest, where=f"{path}: ", spell=repr, noun="field", complete=True)
+    check_files(folder, manifest["files"], spec)
+    return manifest
+
+
+def check_files(folder: Path, files: dict[str, Any], spec: Kind) -> None:
+    """Every file the folder holds is listed with a sha256, the required ones too, and matches."""
+    path = folder / MANIFEST
+    for name, digest in files.items():
+        if name in (MANIFEST, ".", "..") or Path(name).name != name:
+            raise TwoTowerError(f"{path}: {name!r} is not a file name of this folder")
+        if not isinstance(digest, str) or not SHA256.fullmatch(digest):
+            raise TwoTowerError(f"{path}: the sha256 of {name!r} is not a sha256 ({digest!r})")
+    for name in spec.required:
+        if name not in files:
+            raise TwoTowerError(f"{path} lists no checksum for {name}; the folder is refused")
+    extra = unlisted(folder, {"files": files})
+    if extra:
+        raise TwoTowerError(
+            f"{spec.name} file {folder / extra[0]} is not listed in {MANIFEST} (no checksum)"
+        )
+    for name, expected in files.items():
         file = folder / name
         if not file.is_file():
-            raise TwoTowerError(f"{kind} file {file} is missing")
+            raise TwoTowerError(f"{spec.name} file {file} is missing")
         if sha256_of(file) != expected:
-            raise TwoTowerError(f"{kind} file {file} is corrupted (sha256 does not match manifest)")
-    return manifest
+            raise TwoTowerError(
+                f"{spec.name} file {file} is corrupted (sha256 does not match manifest)"
+            )
 
 
 def read_json(folder: Path, name: str) -> Any:

@@ -2,7 +2,8 @@
 
 Run settings are the fields of ``TwoTowerConfig``: each is a ``--field-name``
 flag and a key of ``--config FILE.toml`` (flags win). Choices of plugin-backed
-settings are read from the registries.
+settings are read from the registries. Every command that takes settings
+validates all of them (``validation.py``) before it reads anything else.
 """
 
 from __future__ import annotations
@@ -21,24 +22,22 @@ from typing import Any
 
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 from . import __version__, plugins
 from .config import TwoTowerConfig, read_toml
 from .errors import TwoTowerError
+from .validation import REGISTRY_OF, check_settings, default_dataset, validate
 
 console = Console()
 errors = Console(stderr=True)
 
-# config fields whose values name a registered component
-REGISTRY_OF = {
-    "dataset": "datasets",
-    "user_encoder": "user_encoders",
-    "loss": "losses",
-    "retriever": "retrievers",
-}
-EVALUATE_FIELDS = ("artifacts_dir", "data_dir", "mask_seen")
+# what `evaluate` may re-point in the saved config: where the data is, and the masking
+EVALUATE_OVERRIDES = ("data_dir", "interactions", "items", "mask_seen")
+EVALUATE_FIELDS = ("artifacts_dir", *EVALUATE_OVERRIDES)
 RECOMMEND_FIELDS = ("artifacts_dir", "data_dir", "retriever")
+EXPORT_FIELDS = ("artifacts_dir", "data_dir")
 
 
 # --- flags from the config dataclass -----------------------------------------
@@ -102,23 +101,37 @@ def add_config_flags(parser: argparse.ArgumentParser, only: Sequence[str] | None
         if field.name != "extra":
             help_text += f" (default: {default})"
         group.add_argument(*flags, help=help_text, **kwargs)
-    parser.add_argument("--config", type=Path, metavar="FILE.toml", help="read settings from TOML")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE.toml",
+        help="read run settings from TOML (every key is checked; this command uses its own)",
+    )
 
 
-def resolve_config(args: argparse.Namespace) -> TwoTowerConfig:
-    """Defaults, then ``--config FILE.toml``, then flags."""
+def given_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings the user gave: ``--config FILE.toml`` (checked, naming the file), then flags."""
     values: dict[str, Any] = {}
     if getattr(args, "config", None):
-        values.update(read_toml(args.config))
+        values.update(check_settings(read_toml(args.config), where=f"{args.config}: "))
     names = {f.name for f in dataclasses.fields(TwoTowerConfig)}
     given = {k: v for k, v in vars(args).items() if k in names}
     if "extra" in given:
         given["extra"] = {**values.get("extra", {}), **dict(given["extra"])}
     values.update(given)
-    config = TwoTowerConfig.from_dict(values, source=str(getattr(args, "config", "") or "flags"))
-    for name, kind in REGISTRY_OF.items():
-        plugins.registry(kind).get(getattr(config, name))  # a TOML typo fails here, listing names
-    return config
+    return values
+
+
+def resolve_config(args: argparse.Namespace) -> TwoTowerConfig:
+    """Defaults, then ``--config FILE.toml``, then flags; every setting validated.
+
+    A run that names no dataset but gives a setting only one dataset reads
+    (``--interactions FILE``) means that dataset.
+    """
+    values = given_settings(args)
+    if "dataset" not in values and (dataset := default_dataset(values)):
+        values["dataset"] = dataset
+    return validate(TwoTowerConfig.from_dict(values, source=str(args.config or "flags")))
 
 
 # --- rendering -----------------------------------------------------------------
@@ -203,20 +216,12 @@ def cmd_fit(args: argparse.Namespace) -> None:
     console.print(f"artifacts: {result.artifacts_dir}")
 
 
-def artifacts_dir_of(args: argparse.Namespace) -> Path:
-    if getattr(args, "artifacts_dir", None):
-        return Path(args.artifacts_dir)
-    return Path(getattr(args, "data_dir", None) or TwoTowerConfig.data_dir) / "artifacts"
-
-
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from .api import evaluate
 
-    metrics = evaluate(
-        artifacts_dir_of(args),
-        mask_seen=getattr(args, "mask_seen", None),
-        data_dir=getattr(args, "data_dir", None),
-    )
+    folder = resolve_config(args).resolved_artifacts_dir
+    given = given_settings(args)
+    metrics = evaluate(folder, **{k: given[k] for k in EVALUATE_OVERRIDES if k in given})
     if args.json:
         print_json(metrics)
         return
@@ -229,7 +234,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_recommend(args: argparse.Namespace) -> None:
-    retriever = getattr(args, "retriever", None)
+    config = resolve_config(args)
+    retriever = given_settings(args).get("retriever")
     if args.bundle:
         from .serving import load_bundle
 
@@ -238,7 +244,7 @@ def cmd_recommend(args: argparse.Namespace) -> None:
     else:
         from .api import load
 
-        recommender = load(artifacts_dir_of(args))
+        recommender = load(config.resolved_artifacts_dir)
         items = recommender.recommend(
             str(args.user_id), k=args.k, exclude_seen=args.exclude_seen, retriever=retriever
         )
@@ -255,7 +261,10 @@ def cmd_export(args: argparse.Namespace) -> None:
     from .export.bundle import export_bundle
 
     folder, manifest = export_bundle(
-        artifacts_dir_of(args), out_dir=args.out, format=args.format, quantize=args.quantize
+        resolve_config(args).resolved_artifacts_dir,
+        out_dir=args.out,
+        format=args.format,
+        quantize=args.quantize,
     )
     parity = manifest["parity"]
     if args.json:
@@ -278,13 +287,27 @@ def cmd_export(args: argparse.Namespace) -> None:
     console.print(f"bundle: {folder}")
 
 
+def positive_int(text: str) -> int:
+    """A count (repeats, threads, sizes): an integer of at least 1."""
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def int_list(text: str) -> list[int]:
     try:
-        return [int(part.replace("_", "")) for part in text.split(",") if part]
-    except ValueError:
+        values = [positive_int(part) for part in text.split(",") if part]
+    except argparse.ArgumentTypeError:
+        values = []
+    if not values:
         raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
+            f"expected comma-separated positive integers, got {text!r}"
+        )
+    return values
 
 
 def name_list(kind: str) -> Callable[[str], list[str]]:
@@ -302,6 +325,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
     from .bench import report
 
+    config = resolve_config(args)
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
     with Progress(*columns, console=errors, transient=True) as progress:
         task = progress.add_task(f"bench {args.suite}")
@@ -313,7 +337,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
             from .bench import serving
 
             result = serving.run(
-                artifacts_dir_of(args), args.exports_dir, args.repeats, args.threads, notify
+                config.resolved_artifacts_dir, args.exports_dir, args.repeats, args.threads, notify
             )
         elif args.suite == "scale":
             from .bench import scale
@@ -322,10 +346,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
         else:
             from .bench import train
 
-            base = resolve_config(args)
             encoders = args.encoders or plugins.user_encoders().names()
             losses = args.losses or plugins.losses().names()
-            result = train.run(base, encoders, losses, args.seeds, notify)
+            result = train.run(config, encoders, losses, args.seeds, notify)
     result["command"] = " ".join(["twotower", *sys.argv[1:]])
     if args.json:
         report.write_json(result, args.json)
@@ -416,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     export = command("export", cmd_export, "export both towers into a serving bundle")
-    add_config_flags(export, ("artifacts_dir", "data_dir"))
+    add_config_flags(export, EXPORT_FIELDS)
     export.add_argument(
         "--format",
         default="onnx",
@@ -439,9 +462,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--exports-dir", type=Path, default=Path("exports"), help="bundles live here"
     )
-    bench.add_argument("--repeats", type=int, default=200, help="timed repetitions per contender")
     bench.add_argument(
-        "--threads", type=int, default=1, help="threads for torch, BLAS, onnxruntime"
+        "--repeats", type=positive_int, default=200, help="timed repetitions per contender"
+    )
+    bench.add_argument(
+        "--threads", type=positive_int, default=1, help="threads for torch, BLAS, onnxruntime"
     )
     bench.add_argument(
         "--sizes",
@@ -449,7 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=[10_000, 100_000],
         help="scale suite catalog sizes (default: 10000,100000; add 1000000 for the full run)",
     )
-    bench.add_argument("--queries", type=int, default=1000, help="scale suite queries per size")
+    bench.add_argument(
+        "--queries", type=positive_int, default=1000, help="scale suite queries per size"
+    )
     bench.add_argument("--plot", type=Path, help="scale suite: recall vs queries/s PNG")
     bench.add_argument(
         "--encoders", type=name_list("user_encoders"), help="train suite encoders (default: all)"
@@ -477,7 +504,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         args.run(args)
     except TwoTowerError as exc:
-        errors.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        # the message is text, not markup: "[a, b]" must print as written
+        errors.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 1
     except KeyboardInterrupt:
         errors.print("interrupted")

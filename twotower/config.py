@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import TwoTowerError
+from .schema import check
 
 
 def opt(default: Any, help: str) -> Any:
@@ -113,11 +114,8 @@ class TwoTowerConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> TwoTowerConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise TwoTowerError(f"{source}: unknown key(s) {', '.join(unknown)}")
-        return cls(**values)
+        """Settings from ``source`` (a TOML file, a saved config.json), type-checked."""
+        return cls(**check(cls, values, where=f"{source}: "))
 
     @classmethod
     def from_toml(cls, path: str | Path) -> TwoTowerConfig:
@@ -134,6 +132,8 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         values = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise TwoTowerError(f"config file not found: {path}") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise TwoTowerError(f"{path}: not valid TOML ({exc})") from None
+    except OSError as exc:
+        raise TwoTowerError(f"{path}: cannot read ({exc.strerror})") from None
     return {key.replace("-", "_"): value for key, value in values.items()}

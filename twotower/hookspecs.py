@@ -86,7 +86,9 @@ def register_datasets(register: Register) -> None:
     """Register data sources.
 
     ``register(name, load)`` where ``load(config) -> twotower.data.Dataset``:
-    an interactions table (``user``, ``item`` as strings, ``timestamp`` int64,
-    optional ``rating`` float) and optional item metadata (``item``,
-    ``title``, ``genres`` as a list of strings).
+    an interactions table (``user``, ``item`` as strings, ``timestamp`` int64
+    or float64 (only its order is used), optional ``rating`` float) and
+    optional item metadata (``item``, ``title``, ``genres`` as a list of
+    strings). ``load`` may carry ``settings``, the config fields only it
+    reads (``interactions``), and ``option_schema`` (see ``validation.py``).
     """

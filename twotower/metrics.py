@@ -10,12 +10,26 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .errors import TwoTowerError
+
+
+class NonFiniteScores(TwoTowerError):
+    """Scores with NaN or infinity: ranks computed from them would be meaningless."""
+
 
 def target_ranks(scores: torch.Tensor, targets: torch.Tensor, excluded: torch.Tensor) -> np.ndarray:
     """Rank of ``targets[u]`` (a column of ``scores``) among the non-excluded columns.
 
-    ``scores[U, N]``, ``targets[U]`` (0-based columns), ``excluded[U, N]`` bool.
+    ``scores[U, N]``, ``targets[U]`` (0-based columns), ``excluded[U, N]`` bool. A NaN
+    compares false with everything, so a NaN model would rank every target first:
+    non-finite scores are refused instead.
     """
+    finite = torch.isfinite(scores).all(dim=1)
+    if not finite.all():
+        raise NonFiniteScores(
+            f"the scores of {int((~finite).sum())} of {len(finite)} users are not finite "
+            "(NaN or infinite vectors)"
+        )
     target_scores = scores.gather(1, targets.view(-1, 1))  # [U, 1]
     columns = torch.arange(scores.shape[1], device=scores.device).unsqueeze(0)  # [1, N]
     ahead = (scores > target_scores) | ((scores == target_scores) & (columns < targets.view(-1, 1)))

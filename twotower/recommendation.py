@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import numbers
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
+
+import numpy as np
 
 from .errors import TwoTowerError
 
@@ -38,12 +41,27 @@ def ranked(
     ]
 
 
-def check_k(k: int) -> int:
-    if not isinstance(k, int) or isinstance(k, bool) or k <= 0:
+def check_k(k: int, catalog_size: int) -> int:
+    """``k`` as an int, at most the catalog size: a huge ``k`` asks for every item, no more."""
+    if not isinstance(k, numbers.Integral) or isinstance(k, bool) or k <= 0:
         raise TwoTowerError(f"k must be a positive integer, not {k!r}")
-    return k
+    return min(int(k), catalog_size)
+
+
+def id_list(ids: Any, what: str) -> list[str]:
+    """Raw ids as strings; a single string is refused, not read as a list of characters."""
+    if isinstance(ids, str | bytes) or not isinstance(ids, Iterable):
+        raise TwoTowerError(f"{what} must be a list of ids, not {type(ids).__name__} {ids!r}")
+    return [str(i) for i in ids]
 
 
 def unknown_user(user_id: str, known: list[str]) -> TwoTowerError:
     sample = ", ".join(known[:3])
     return TwoTowerError(f"unknown user id {user_id!r} ({len(known)} known users, e.g. {sample})")
+
+
+def require_finite(vectors: np.ndarray) -> np.ndarray:
+    """A non-finite user vector would rank nothing (NaN compares false): refuse it instead."""
+    if not np.isfinite(vectors).all():
+        raise TwoTowerError("the user tower gave a non-finite vector (NaN or infinite)")
+    return vectors

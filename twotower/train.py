@@ -8,6 +8,7 @@ bit-for-bit repeatable on CPU.
 from __future__ import annotations
 
 import copy
+import math
 import random
 import time
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from .data.split import Examples, Split, Windows, training_examples, training_wi
 from .errors import TwoTowerError
 from .evaluation import evaluate_model
 from .losses import TrainBatch
+from .metrics import NonFiniteScores
 from .towers.model import TwoTowerModel
 
 
@@ -128,6 +130,15 @@ def earlier_items_of(earlier: EarlierItems, users: torch.Tensor, targets: torch.
     return lambda: earlier.before(users.cpu().numpy(), targets.cpu().numpy())
 
 
+def stop_if_diverged(epoch: int, step: int, loss: float, grad_norm: float, lr: float) -> None:
+    """A NaN or infinite loss or gradient ends the run: a diverged model is never scored."""
+    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+        raise TwoTowerError(
+            f"training diverged at epoch {epoch}, step {step} (loss {loss}, gradient norm "
+            f"{grad_norm}); try a lower --lr than {lr:g}"
+        )
+
+
 def train(
     config,
     split: Split,
@@ -179,7 +190,8 @@ def train(
             loss = loss_fn(user_vecs, model.encode_items(targets), model.temperature, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            stop_if_diverged(epoch, step, loss.item(), grad_norm.item(), config.lr)
             optimizer.step()
             if averaged is not None:
                 averaged.update_parameters(model)
@@ -187,7 +199,10 @@ def train(
             if on_step is not None:
                 on_step(step, steps_per_epoch, total_loss / step)
         seconds = time.perf_counter() - started
-        valid = evaluate_model(scored, split, "valid", config)
+        try:
+            valid = evaluate_model(scored, split, "valid", config)
+        except NonFiniteScores as exc:
+            raise TwoTowerError(f"training diverged at epoch {epoch}: {exc}") from None
         entry = {
             "epoch": epoch,
             "loss": total_loss / steps_per_epoch,

@@ -33,7 +33,7 @@ BURST = 10  # timed calls per visit of a contender (after one untimed call)
 def ensure_bundle(artifacts_dir: Path, folder: Path, format: str, quantize: str | None) -> Path:
     """Reuse ``folder`` when it was exported from these very weights by these very
     library versions, else export it."""
-    from ..export.bundle import BUNDLE_FORMAT_VERSION, export_bundle
+    from ..export.bundle import export_bundle
 
     wanted = {
         "source_model_sha256": files.sha256_of(Path(artifacts_dir) / files.MODEL),
@@ -41,7 +41,7 @@ def ensure_bundle(artifacts_dir: Path, folder: Path, format: str, quantize: str 
         "versions": files.library_versions(),
     }
     try:
-        manifest = files.read_manifest(folder, "bundle", BUNDLE_FORMAT_VERSION)
+        manifest = files.read_manifest(folder, "bundle")
         if all(manifest.get(key) == value for key, value in wanted.items()):
             return folder
     except TwoTowerError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NoReturn
 
 import numpy as np
 import pandas as pd
@@ -18,7 +19,8 @@ class Dataset:
     """Interactions plus optional item metadata, with raw ids as strings.
 
     ``interactions``: columns ``user`` (str), ``item`` (str), ``timestamp``
-    (int64, seconds), and optionally ``rating`` (float64), in source order.
+    (int64, or float64 for fractional seconds; only its order is used), and
+    optionally ``rating`` (float64), in source order.
     ``items``: columns ``item`` (str), ``title`` (str), ``genres`` (list of
     str); ``None`` when the source has no metadata (the item tower then uses
     item IDs only).
@@ -29,20 +31,32 @@ class Dataset:
     items: pd.DataFrame | None = None
 
 
+TIMESTAMP_LIMIT = 2.0**63  # beyond int64 no unit of time gives a meaningful order
+
+
 def to_number(values: pd.Series, column: str, source: str, row_offset: int = 2) -> pd.Series:
-    """Parse a column as numbers or raise one line naming the first bad row.
+    """Parse a column as finite numbers or raise one line naming the first bad row.
 
     ``row_offset`` turns a 0-based data index into the row a person sees
     (2 for a CSV with a header line).
     """
     parsed = pd.to_numeric(values, errors="coerce")
-    bad = parsed.isna()
+    bad = ~np.isfinite(parsed.to_numpy(dtype="float64", na_value=np.nan))
     if bad.any():
-        position = int(np.flatnonzero(bad.to_numpy())[0])
-        value = values.iloc[position]
-        problem = "empty value" if pd.isna(value) else f"{value!r} is not a number"
-        raise TwoTowerError(f"{source}: row {position + row_offset}, column {column!r}: {problem}")
+        position = first(bad)
+        value, number = values.iloc[position], parsed.iloc[position]
+        if pd.isna(value):
+            problem = "empty value"
+        elif pd.isna(number):
+            problem = f"{value!r} is not a number"
+        else:
+            problem = f"{value!r} is not a finite number"
+        bad_row(source, position + row_offset, column, problem)
     return parsed
+
+
+def bad_row(source: str, row: int, column: str, problem: str) -> NoReturn:
+    raise TwoTowerError(f"{source}: row {row}, column {column!r}: {problem}")
 
 
 def normalise_interactions(
@@ -67,16 +81,35 @@ def as_id(values: pd.Series, column: str, source: str, row_offset: int) -> pd.Se
     """Ids as stripped strings; a float column of whole numbers reads as integers."""
     missing = values.isna()
     if missing.any():
-        position = int(np.flatnonzero(missing.to_numpy())[0])
-        raise TwoTowerError(
-            f"{source}: row {position + row_offset}, column {column!r}: empty value"
-        )
+        bad_row(source, first(missing) + row_offset, column, "empty value")
     if pd.api.types.is_float_dtype(values) and (values % 1 == 0).all():
         values = values.astype("int64")  # 12.0 -> "12", as the file meant
-    return values.astype(str).str.strip()
+    ids = values.astype(str).str.strip()
+    blank = ids == ""
+    if blank.any():
+        bad_row(source, first(blank) + row_offset, column, "blank id")
+    return ids
+
+
+def first(flags: pd.Series | np.ndarray) -> int:
+    """Position of the first True."""
+    return int(np.flatnonzero(np.asarray(flags))[0])
 
 
 def _as_timestamp(values: pd.Series, source: str, row_offset: int) -> pd.Series:
+    """Timestamps at full precision: whole numbers stay exact int64, fractional ones float64,
+    datetimes become int64 counts of their own unit (ns, us, ...). Only their order is used."""
     if pd.api.types.is_datetime64_any_dtype(values):
-        return values.dt.as_unit("s").astype("int64")
-    return to_number(values, "timestamp", source, row_offset).astype("int64")
+        missing = values.isna()
+        if missing.any():
+            bad_row(source, first(missing) + row_offset, "timestamp", "empty value")
+        return values.astype("int64")
+    numbers = to_number(values, "timestamp", source, row_offset)
+    too_large = numbers.abs() >= TIMESTAMP_LIMIT
+    if too_large.any():
+        position = first(too_large)
+        problem = f"{values.iloc[position]!r} is out of range (at most ±9.2e18)"
+        bad_row(source, position + row_offset, "timestamp", problem)
+    if (numbers % 1 == 0).all():
+        return numbers.astype("int64")
+    return numbers.astype("float64")

@@ -132,3 +132,16 @@ def load(config) -> Dataset:
     if config.items:
         items = load_items(Path(config.items), config.item_col, config.title_col, config.genres_col)
     return Dataset(Path(config.interactions).stem, interactions, items)
+
+
+# the settings only this dataset reads: `--interactions FILE` alone selects it
+load.settings = (
+    "interactions",
+    "items",
+    "user_col",
+    "item_col",
+    "time_col",
+    "rating_col",
+    "title_col",
+    "genres_col",
+)

@@ -6,6 +6,8 @@ and the "unknown user" of cold-start queries.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -58,6 +60,11 @@ class Split:
     def targets(self, stage: str) -> np.ndarray:
         position = {"valid": -2, "test": -1}[stage]
         return np.array([s[position] for s in self.sequences], dtype=np.int64)
+
+    def fingerprint(self) -> str:
+        """sha256 of what evaluation depends on: the users, the items and every user's order."""
+        content = [self.user_ids, self.item_ids, [s.tolist() for s in self.sequences]]
+        return hashlib.sha256(json.dumps(content).encode("utf-8")).hexdigest()
 
 
 def item_sort_key(items: pd.Series) -> pd.Series:

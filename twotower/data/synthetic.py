@@ -7,18 +7,32 @@ needs no download and is generated from a seed.
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+
 import numpy as np
 import pandas as pd
 
+from ..schema import at_least, option, parse
 from .dataset import Dataset
 
 
+@dataclass
+class SyntheticOptions:
+    """The ``synthetic_*`` settings (``--set synthetic_num_users=500``)."""
+
+    num_users: int = option(200, at_least(1))
+    num_items: int = option(120, at_least(2))
+    num_topics: int = option(6, at_least(1))
+    length: int = option(20, at_least(3))  # positives per user (at most num_items)
+    seed: int = option(0, at_least(0))
+
+
 def generate(
-    num_users: int = 200,
-    num_items: int = 120,
-    num_topics: int = 6,
-    length: int = 20,
-    seed: int = 0,
+    num_users: int = SyntheticOptions.num_users,
+    num_items: int = SyntheticOptions.num_items,
+    num_topics: int = SyntheticOptions.num_topics,
+    length: int = SyntheticOptions.length,
+    seed: int = SyntheticOptions.seed,
 ) -> Dataset:
     rng = np.random.default_rng(seed)
     topic_of = np.arange(num_items) % num_topics
@@ -57,4 +71,8 @@ def load(config) -> Dataset:
     options = {
         k[len("synthetic_") :]: v for k, v in config.extra.items() if k.startswith("synthetic_")
     }
-    return generate(**options)
+    owner, spell = "dataset 'synthetic'", "synthetic_{}".format
+    return generate(**asdict(parse(SyntheticOptions, options, spell=spell, owner=owner)))
+
+
+load.option_schema = SyntheticOptions  # what twotower checks `synthetic_*` settings against

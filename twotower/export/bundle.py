@@ -28,7 +28,6 @@ from ..data.padding import pad_left
 from ..errors import TwoTowerError
 from ..retrievers import select_top_k
 
-BUNDLE_FORMAT_VERSION = 1
 MAX_ABS_DIFF = 1e-5
 MIN_TOP10_AGREEMENT = 0.999
 COPIED = (files.MAPPINGS, files.ITEMS, files.USER_HISTORIES, files.CONFIG)
@@ -177,7 +176,7 @@ def export_bundle(
     exporter = plugins.formats().get(format)()
     recommender = load(artifacts_dir)
     target = Path(out_dir) if out_dir else default_bundle_dir(recommender, format, quantize)
-    with files.staged_folder(target, kind="bundle") as folder:
+    with files.staged_folder(target, "bundle", reads=[recommender.folder]) as folder:
         exporter.export(recommender.model, folder)
         if quantize:
             quantize_int8(folder, exporter.files)
@@ -190,7 +189,6 @@ def export_bundle(
         options = plugins.component_options(recommender.config, "hnsw")
         plugins.retrievers().get("hnsw").build(item_vectors, **options).save(folder)
         extra = {
-            "kind": "twotower-bundle",
             "source_model_sha256": files.sha256_of(recommender.folder / files.MODEL),
             "format": format,
             "quantization": quantize,
@@ -205,5 +203,5 @@ def export_bundle(
             from .onnx import OPSET
 
             extra["opset"] = OPSET
-        manifest = files.write_manifest(folder, extra, format_version=BUNDLE_FORMAT_VERSION)
+        manifest = files.write_manifest(folder, "bundle", extra)
     return target, manifest

@@ -18,6 +18,7 @@ from pathlib import Path
 import hnswlib
 import numpy as np
 
+from ..schema import at_least, between, option, parse
 from . import Exclude, as_ids, select_top_k
 
 INDEX_FILE = "hnsw_index.bin"
@@ -26,14 +27,19 @@ PARAMS_FILE = "hnsw_index.json"
 
 @dataclass
 class HnswOptions:
-    m: int = 16  # graph degree: more is more accurate, bigger and slower to build
-    ef_construction: int = 200  # candidate list while building
-    ef: int = 100  # candidate list while searching (raised to k + |excluded|)
-    seed: int = 0
-    build_threads: int = 1  # threads adding items; 1 builds the same graph every time
+    """What ``hnsw_<field>`` settings can change; checked before hnswlib sees them, since
+    hnswlib crashes the process on some values (M=0 segfaults, M=1 cannot allocate)."""
+
+    m: int = option(16, between(2, 1024))  # graph degree: more is more accurate, bigger, slower
+    ef_construction: int = option(200, at_least(1))  # candidate list while building
+    ef: int = option(100, at_least(1))  # candidate list while searching (raised to k + |excluded|)
+    seed: int = option(0, at_least(0))
+    build_threads: int = option(1, at_least(1))  # 1 builds the same graph every time
 
 
 class HnswRetriever:
+    option_schema = HnswOptions  # what twotower checks `hnsw_*` settings against
+
     def __init__(self, index: hnswlib.Index, options: HnswOptions):
         self.index = index
         self.options = options
@@ -41,9 +47,7 @@ class HnswRetriever:
 
     @classmethod
     def build(cls, item_vectors: np.ndarray, **params) -> HnswRetriever:
-        options = HnswOptions(
-            **{k: v for k, v in params.items() if k in HnswOptions.__annotations__}
-        )
+        options = parse(HnswOptions, params, spell="hnsw_{}".format, owner="retriever 'hnsw'")
         vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)
         index = hnswlib.Index(space="ip", dim=vectors.shape[1])
         index.init_index(

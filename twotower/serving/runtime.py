@@ -12,9 +12,14 @@ from .. import artifacts as files
 from .. import plugins
 from ..data.padding import pad_left
 from ..errors import TwoTowerError
-from ..recommendation import Recommendation, check_k, ranked, unknown_user
-
-BUNDLE_FORMAT_VERSION = 1  # the version this runtime reads (written by export/bundle.py)
+from ..recommendation import (
+    Recommendation,
+    check_k,
+    id_list,
+    ranked,
+    require_finite,
+    unknown_user,
+)
 
 
 class Bundle:
@@ -26,7 +31,7 @@ class Bundle:
 
     def __init__(self, folder: str | Path, retriever: str = "hnsw", threads: int = 1):
         self.folder = Path(folder)
-        self.manifest = files.read_manifest(self.folder, "bundle", BUNDLE_FORMAT_VERSION)
+        self.manifest = files.read_manifest(self.folder, "bundle")
         self.max_history_len = int(self.manifest["max_history_len"])
         self.towers = plugins.formats().get(self.manifest["format"])().load(self.folder, threads)
         check_graphs(self.folder, self.manifest, self.towers)
@@ -49,8 +54,10 @@ class Bundle:
         return self.towers.encode_users(np.asarray(users, dtype=np.int64), ids, mask)
 
     def _search(self, users, histories, k: int, exclude_seen: bool) -> list[list[Recommendation]]:
-        check_k(k)
-        vectors = self.encode(users, histories)
+        k = check_k(k, len(self.item_ids))
+        if not users:
+            return []
+        vectors = require_finite(self.encode(users, histories))
         exclude = [h - 1 for h in histories] if exclude_seen else None
         ids, scores = self.retriever.search(vectors, k, exclude=exclude)
         return [
@@ -69,18 +76,20 @@ class Bundle:
         return self.recommend_batch([user_id], k, exclude_seen)[0]
 
     def recommend_batch(self, user_ids: Sequence[Any], k: int = 10, exclude_seen: bool = True):
-        """``recommend`` for many users in one pass through the user tower."""
-        users, histories = zip(*(self._user(u) for u in user_ids), strict=True)
+        """``recommend`` for many users in one pass through the user tower (none: no lists)."""
+        found = [self._user(u) for u in id_list(user_ids, "user_ids")]
+        users, histories = [u for u, _ in found], [h for _, h in found]
         return self._search(users, histories, k, exclude_seen)
 
     def recommend_history(
         self, item_ids: Sequence[Any], k: int = 10, exclude_seen: bool = True
     ) -> list[Recommendation]:
         """Top-``k`` items for an anonymous user given raw item ids, oldest first."""
-        unknown = [str(i) for i in item_ids if str(i) not in self.item_index]
+        item_ids = id_list(item_ids, "item_ids")
+        unknown = [i for i in item_ids if i not in self.item_index]
         if unknown:
             raise TwoTowerError(f"unknown item id(s): {', '.join(unknown[:5])}")
-        history = np.array([self.item_index[str(i)] for i in item_ids], dtype=np.int64)
+        history = np.array([self.item_index[i] for i in item_ids], dtype=np.int64)
         return self._search([0], [history], k, exclude_seen)[0]
 
 

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import TwoTowerError
+from ..schema import check_value, one_of
 from .attention import merge_heads, multi_head_attention, split_heads, with_causal
 from .user import UserHead, most_recent
 
@@ -94,11 +96,24 @@ class Block(nn.Module):
         return merge_heads(weights @ v)  # [B, Lq, d]
 
 
+def check_heads(config) -> None:
+    """Attention splits the width evenly across heads."""
+    if config.embedding_dim % config.num_heads:
+        raise TwoTowerError(
+            f"num_heads ({config.num_heads}) must divide embedding_dim ({config.embedding_dim})"
+        )
+
+
 class TransformerEncoder(nn.Module):
+    @staticmethod
+    def check_config(config) -> None:
+        """Refuse settings this encoder cannot use (called before any data is read)."""
+        check_value("pooling", config.pooling, str, one_of(*POOLINGS))
+        check_heads(config)
+
     def __init__(self, config, item_embedding: nn.Embedding, num_users: int):
         super().__init__()
-        if config.pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, not {config.pooling!r}")
+        self.check_config(config)
         dim = item_embedding.embedding_dim
         self.item_embedding = item_embedding
         self.pooling = config.pooling

@@ -18,14 +18,14 @@ Never import torch here: the serving runtime looks retrievers up without it.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import faiss
 import numpy as np
-from twotower.errors import TwoTowerError
 from twotower.hookspecs import hookimpl
 from twotower.retrievers import Exclude, select_top_k
+from twotower.schema import at_least, one_of, option, parse
 
 __version__ = "0.1.0"
 
@@ -44,27 +44,21 @@ def register_retrievers(register):
 class FaissOptions:
     """What ``--set faiss_<field>=...`` can change."""
 
-    index: str = "flat"  # flat: exact; hnsw: graph; ivf: k-means cells, `nprobe` searched
-    nlist: int = 0  # ivf cells; 0 picks about sqrt(N), at most N / 39 (FAISS's advice)
-    nprobe: int = 8  # ivf cells searched per query: more is more accurate and slower
-    m: int = 32  # hnsw graph degree: more is more accurate, bigger and slower to build
-    ef_search: int = 64  # hnsw candidate list while searching (raised to the fetch size)
+    # flat: exact; hnsw: graph; ivf: k-means cells, `nprobe` searched
+    index: str = option("flat", one_of(*INDEX_TYPES))
+    # ivf cells; 0 picks about sqrt(N), at most N / 39 (FAISS's advice)
+    nlist: int = option(0, at_least(0))
+    # ivf cells searched per query: more is more accurate and slower
+    nprobe: int = option(8, at_least(1))
+    # hnsw graph degree: more is more accurate, bigger and slower to build
+    m: int = option(32, at_least(2))
+    # hnsw candidate list while searching (raised to the fetch size)
+    ef_search: int = option(64, at_least(1))
 
     @classmethod
     def from_params(cls, params: dict) -> FaissOptions:
-        """Options from ``build``'s params; a misspelled one is an error, not ignored."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise TwoTowerError(
-                f"unknown faiss option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
-        options = cls(**params)
-        if options.index not in INDEX_TYPES:
-            raise TwoTowerError(
-                f"faiss_index must be one of {', '.join(INDEX_TYPES)}, not {options.index!r}"
-            )
-        return options
+        """Options from ``build``'s params; a misspelled or out-of-range one is an error."""
+        return parse(cls, params, spell="faiss_{}".format, owner="retriever 'faiss'")
 
 
 def make_index(vectors: np.ndarray, options: FaissOptions) -> faiss.Index:
@@ -90,6 +84,8 @@ class FaissRetriever:
     looks in ``nprobe`` cells); such a query is answered exactly instead, so a
     query is never short while the catalog has enough items left.
     """
+
+    option_schema = FaissOptions  # twotower checks `--set faiss_*` against it before a run
 
     def __init__(self, index: faiss.Index, options: FaissOptions):
         self.index = index

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from twotower.towers.transformer import Block
+from twotower.towers.transformer import Block, check_heads
 from twotower.towers.user import UserHead
 
 
@@ -31,8 +31,11 @@ class PooledTransformer(nn.Module):
     Subclasses implement ``summarize(history, mask) -> [B, d]``.
     """
 
+    check_config = staticmethod(check_heads)  # twotower asks before any data is read
+
     def __init__(self, config, item_embedding: nn.Embedding, num_users: int):
         super().__init__()
+        check_heads(config)
         dim = item_embedding.embedding_dim
         self.item_embedding = item_embedding
         self.max_len = config.max_history_len

@@ -1,0 +1,236 @@
+"""Folders are never clobbered, manifests are schema-checked, one run writes a target at a time.
+
+Each test works on copies of one tiny fit and its export (conftest.py), and
+every refusal must leave every folder byte for byte as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import error_line, refused, run, snapshot, synthetic_fit
+
+from twotower import artifacts
+
+
+@pytest.fixture()
+def folders(fitted_artifacts, exported_bundle, tmp_path) -> tuple[Path, Path]:
+    """Private copies of the artifacts and the bundle, side by side in tmp_path."""
+    return (
+        Path(shutil.copytree(fitted_artifacts, tmp_path / "artifacts")),
+        Path(shutil.copytree(exported_bundle, tmp_path / "bundle")),
+    )
+
+
+# --- never over another kind, never over what a command reads ---------------------------
+
+
+def test_export_refuses_to_replace_the_artifacts_it_reads(capsys, tmp_path, folders):
+    artifacts_dir, _ = folders
+    line = refused(
+        capsys, tmp_path, "export", "--artifacts-dir", artifacts_dir, "--out", artifacts_dir
+    )
+    assert line.endswith("which this command reads; choose another folder")
+
+
+def test_export_refuses_to_write_inside_the_artifacts_it_reads(capsys, tmp_path, folders):
+    artifacts_dir, _ = folders
+    inside = artifacts_dir / "bundle"
+    line = refused(capsys, tmp_path, "export", "--artifacts-dir", artifacts_dir, "--out", inside)
+    assert line.startswith(f"error: {inside} would overwrite {artifacts_dir}")
+
+
+def test_export_refuses_to_replace_an_artifacts_folder(capsys, tmp_path, folders):
+    artifacts_dir, _ = folders
+    other = Path(shutil.copytree(artifacts_dir, tmp_path / "other"))
+    line = refused(capsys, tmp_path, "export", "--artifacts-dir", artifacts_dir, "--out", other)
+    assert line == (
+        f"error: {other} is an artifacts folder, and `twotower export` writes a bundle; "
+        "choose another folder"
+    )
+
+
+def test_fit_refuses_to_replace_a_bundle(capsys, tmp_path, folders):
+    _, bundle = folders
+    argv = synthetic_fit(tmp_path / "data", "--artifacts-dir", str(bundle))
+    line = refused(capsys, tmp_path, *argv)
+    assert line.startswith(f"error: {bundle} is a bundle, and `twotower fit` writes an artifacts")
+
+
+def test_fit_refuses_a_folder_holding_files_it_did_not_write(capsys, tmp_path, folders):
+    artifacts_dir, _ = folders
+    (artifacts_dir / "notes.txt").write_text("mine")
+    argv = synthetic_fit(tmp_path / "data", "--artifacts-dir", str(artifacts_dir))
+    line = refused(capsys, tmp_path, *argv)
+    assert line.startswith(f"error: {artifacts_dir} holds files twotower did not write (notes.txt)")
+
+
+def test_fit_refuses_to_write_over_its_own_data_file(capsys, tmp_path):
+    data = tmp_path / "ratings.csv"
+    data.write_text("user,item,timestamp\n1,1,1\n")
+    argv = ["fit", "--interactions", data, "--artifacts-dir", tmp_path, "--no-progress"]
+    assert "which this command reads" in refused(capsys, tmp_path, *argv)
+
+
+def test_fit_replaces_its_own_kind_and_removes_stale_staging(capsys, tmp_path, folders):
+    artifacts_dir, _ = folders
+    stale = [tmp_path / ".artifacts.staging-killed", tmp_path / ".artifacts.previous-123"]
+    for folder in stale:
+        folder.mkdir()
+        (folder / artifacts.MODEL).write_bytes(b"half")
+    keep = tmp_path / ".other.staging-x"  # another target's: not this run's business
+    keep.mkdir()
+    argv = synthetic_fit(tmp_path / "data", "--artifacts-dir", str(artifacts_dir), "--seed", "1")
+    code, _, err = run(capsys, *argv)
+    assert code == 0, err
+    assert artifacts.read_manifest(artifacts_dir)["config"]["seed"] == 1
+    assert not any(folder.exists() for folder in stale)
+    assert keep.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.staging-x", "artifacts", "bundle"]
+
+
+def test_a_failed_fit_removes_the_parents_it_created(capsys, tmp_path):
+    target = tmp_path / "a" / "b" / "artifacts"
+    argv = synthetic_fit(tmp_path / "data", "--artifacts-dir", str(target), "--min-rating", "9")
+    code, _, err = run(capsys, *argv)
+    assert "nothing left after filtering" in error_line(code, err)  # after the target was claimed
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- one run at a time -----------------------------------------------------------------
+
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from twotower import artifacts
+with artifacts.exclusive(Path(sys.argv[1])):
+    print("locked", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_a_second_run_on_a_locked_target_stops_at_once(capsys, tmp_path, folders):
+    """Another process writes the artifacts folder: this run stops before reading any data."""
+    artifacts_dir, _ = folders
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(artifacts_dir)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        argv = synthetic_fit(tmp_path / "data", "--artifacts-dir", str(artifacts_dir))
+        before = snapshot(artifacts_dir)
+        code, _, err = run(capsys, *argv)
+        assert error_line(code, err) == (
+            f"error: another twotower run is writing {artifacts_dir} "
+            f"(lock {tmp_path / '.artifacts.lock'}); wait for it to finish"
+        )
+        assert snapshot(artifacts_dir) == before
+    finally:
+        holder.communicate("", timeout=60)
+    code, _, err = run(capsys, *argv)  # the lock is released: this run wins
+    assert code == 0, err
+    assert not (tmp_path / ".artifacts.lock").exists()
+
+
+# --- manifests are schema-checked ------------------------------------------------------
+
+
+def edit(folder: Path, change) -> Path:
+    path = folder / artifacts.MANIFEST
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    path.write_text(json.dumps(manifest))
+    return path
+
+
+def recommend(capsys, tmp_path, folder: Path, bundle: bool = False) -> str:
+    where = ["--bundle", folder] if bundle else ["--artifacts-dir", folder]
+    return refused(capsys, tmp_path, "recommend", *where, "--user-id", "1")
+
+
+@pytest.mark.parametrize("field", ["files", "config", "data_sha256", "created", "kind"])
+def test_a_missing_manifest_field_is_one_error_naming_the_file(capsys, tmp_path, folders, field):
+    path = edit(folders[0], lambda manifest: manifest.pop(field))
+    line = recommend(capsys, tmp_path, folders[0])
+    assert line == f"error: {path}: field '{field}' is missing"
+
+
+def test_a_malformed_manifest_field_is_one_error_naming_the_file(capsys, tmp_path, folders):
+    path = edit(folders[1], lambda manifest: manifest.update(max_history_len="8"))
+    line = recommend(capsys, tmp_path, folders[1], bundle=True)
+    assert line == f"error: {path}: 'max_history_len' must be an integer, not '8'"
+
+
+def test_a_manifest_without_checksums_is_refused(capsys, tmp_path, folders):
+    path = edit(folders[0], lambda manifest: manifest.update(files={}))
+    line = recommend(capsys, tmp_path, folders[0])
+    assert line == f"error: {path} lists no checksum for {artifacts.MODEL}; the folder is refused"
+
+
+def test_a_file_the_manifest_does_not_list_is_refused(capsys, tmp_path, folders):
+    bundle = folders[1]
+    edit(bundle, lambda manifest: manifest["files"].pop("hnsw_index.bin"))
+    line = recommend(capsys, tmp_path, bundle, bundle=True)
+    index = bundle / "hnsw_index.bin"
+    assert line == f"error: bundle file {index} is not listed in manifest.json (no checksum)"
+
+
+def test_a_manifest_naming_files_outside_its_folder_is_refused(capsys, tmp_path, folders):
+    path = edit(folders[0], lambda manifest: manifest["files"].update({"../x": "0" * 64}))
+    line = recommend(capsys, tmp_path, folders[0])
+    assert line == f"error: {path}: '../x' is not a file name of this folder"
+
+
+def test_a_folder_of_the_other_kind_is_named_as_such(capsys, tmp_path, folders):
+    artifacts_dir, bundle = folders
+    line = recommend(capsys, tmp_path, bundle)
+    assert (
+        line == f"error: {bundle} is a bundle, not an artifacts folder (its manifest.json says so)"
+    )
+    line = recommend(capsys, tmp_path, artifacts_dir, bundle=True)
+    said = "(its manifest.json says so)"
+    assert line == f"error: {artifacts_dir} is an artifacts folder, not a bundle {said}"
+
+
+# --- evaluate scores the data of the fit, or nothing ---------------------------------------
+
+
+def test_evaluate_refuses_data_other_than_the_fit_s(capsys, tmp_path, folders):
+    artifacts_dir, _ = folders
+    config = json.loads((artifacts_dir / artifacts.CONFIG).read_text())
+    config["extra"]["synthetic_seed"] = 1  # the same dataset, other interactions
+    path = artifacts_dir / artifacts.CONFIG
+    path.write_text(json.dumps(config))
+    edit(
+        artifacts_dir,
+        lambda manifest: manifest["files"].update({artifacts.CONFIG: artifacts.sha256_of(path)}),
+    )
+    line = refused(capsys, tmp_path, "evaluate", "--artifacts-dir", artifacts_dir)
+    assert line.startswith("error: the data (dataset 'synthetic' in ")
+    assert f"is not the data {artifacts_dir} was fitted on (fingerprint " in line
+
+
+def test_evaluate_can_be_pointed_at_moved_data(capsys, tmp_path):
+    ratings = tmp_path / "ratings.csv"
+    rows = [f"{u},{(u * 3 + s) % 11 + 1},{100 * u + s}" for u in range(1, 25) for s in range(6)]
+    ratings.write_text("user,item,timestamp\n" + "\n".join(rows) + "\n")
+    fitted = tmp_path / "fitted"
+    argv = ["fit", "--interactions", ratings, "--artifacts-dir", fitted, "--epochs", "1"]
+    assert run(capsys, *argv, "--no-progress", "--json")[0] == 0
+    moved = Path(shutil.move(ratings, tmp_path / "moved.csv"))
+    code, out, err = run(
+        capsys, "evaluate", "--artifacts-dir", fitted, "--interactions", moved, "--json"
+    )
+    assert code == 0, err
+    assert json.loads(out)["num_users"] == 24
+    moved.write_text(moved.read_text().replace("\n1,", "\n2,", 1))  # one interaction moves user
+    line = refused(capsys, tmp_path, "evaluate", "--artifacts-dir", fitted, "--interactions", moved)
+    assert line.startswith(f"error: the data ({moved}) is not the data {fitted} was fitted on")

@@ -1,0 +1,178 @@
+"""One validation of every run setting, before any data is read.
+
+A run that would fail on a setting must fail in its first second, not after
+training: ``validate`` checks a whole ``TwoTowerConfig`` and every command
+calls it before touching data. Types come from the config's annotations,
+allowed values from ``RULES`` below, and what only a component knows is
+asked of the component:
+
+- ``option_schema``: a dataclass of the ``<name>_*`` settings the component reads
+  (``--set faiss_nprobe=16``, ``hnsw_m``); values are type- and range-checked
+  and an unknown key is an error.
+- ``settings``: the config fields only this component reads (the files
+  dataset's ``interactions``); another component given them is a contradiction.
+- ``check_config(config)``: how settings combine for it (attention heads
+  must divide a Transformer's width); it raises ``TwoTowerError``.
+
+Every failure is one line naming the setting and the values it accepts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from . import plugins
+from .config import TwoTowerConfig
+from .errors import TwoTowerError
+from .schema import Allowed, at_least, between, check, one_of, positive
+
+# config fields whose values name a registered component
+REGISTRY_OF = {
+    "dataset": "datasets",
+    "user_encoder": "user_encoders",
+    "loss": "losses",
+    "retriever": "retrievers",
+}
+
+RULES: dict[str, Allowed] = {
+    "min_user_positives": at_least(3),  # one train, one validation, one test item
+    "max_history_len": at_least(1),
+    "embedding_dim": at_least(1),
+    "num_layers": at_least(1),
+    "num_heads": at_least(1),
+    "dropout": between(0, 1, high_open=True),
+    "init_std": positive(),
+    "temperature": positive(),
+    "min_temperature": positive(),
+    "max_temperature": positive(),
+    "train_mode": one_of("auto", "prefix", "sequence"),
+    "num_negatives": at_least(1),
+    "batch_size": at_least(1),
+    "sequence_batch_size": at_least(1),
+    "lr": positive(),
+    "weight_decay": at_least(0),
+    "ema_decay": between(0, 1, high_open=True),
+    "epochs": at_least(1),
+    "patience": at_least(1),
+    "seed": between(0, 2**32 - 1),  # numpy's seed range
+    "num_threads": between(1, 1024),  # far more threads than cores exhaust the process
+    "k_eval": at_least(1),
+}
+
+
+def check_settings(values: Mapping[str, Any], where: str = "") -> dict[str, Any]:
+    """Types and ranges of some settings (a TOML file's, say); returns them typed."""
+    return check(TwoTowerConfig, values, where=where, rules=RULES)
+
+
+def validate(config: TwoTowerConfig) -> TwoTowerConfig:
+    """Check every setting of ``config`` and how they combine; return it with typed values."""
+    values = check_settings(dataclasses.asdict(config))
+    config = dataclasses.replace(config, **values)
+    if config.min_temperature > config.max_temperature:
+        raise TwoTowerError(
+            f"min_temperature ({config.min_temperature:g}) must not exceed "
+            f"max_temperature ({config.max_temperature:g})"
+        )
+    if not config.min_temperature <= config.temperature <= config.max_temperature:
+        raise TwoTowerError(
+            f"temperature must be in [min_temperature, max_temperature] = "
+            f"[{config.min_temperature:g}, {config.max_temperature:g}], not {config.temperature:g}"
+        )
+    chosen = [
+        plugins.registry(kind).get(getattr(config, name)) for name, kind in REGISTRY_OF.items()
+    ]
+    check_component_settings(config)
+    check_plugin_options(config)
+    for component in chosen:
+        check_config = getattr(component, "check_config", None)
+        if check_config is not None:
+            check_config(config)
+    return config
+
+
+# --- settings one component reads ----------------------------------------------------------
+
+
+def readers(setting: str) -> list[str]:
+    """The datasets that declare ``setting`` among their ``settings``."""
+    registry = plugins.datasets()
+    names = registry.names()
+    return [name for name in names if setting in getattr(registry.get(name), "settings", ())]
+
+
+def default_dataset(values: Mapping[str, Any]) -> str | None:
+    """The dataset a run means when it names none but gives a setting only one dataset reads
+    (``--interactions FILE`` means the files dataset)."""
+    for setting, value in values.items():
+        found = readers(setting) if value is not None else []
+        if len(found) == 1:
+            return found[0]
+    return None
+
+
+def check_component_settings(config: TwoTowerConfig) -> None:
+    """A setting that only other components read contradicts the chosen one."""
+    for name, kind in REGISTRY_OF.items():
+        chosen = getattr(config, name)
+        registry = plugins.registry(kind)
+        owned = set(getattr(registry.get(chosen), "settings", ()))
+        for other in registry.names():
+            for setting in getattr(registry.get(other), "settings", ()):
+                if setting not in owned and getattr(config, setting, None) is not None:
+                    raise TwoTowerError(
+                        f"{setting} is read by {registry.noun} {other!r} only, "
+                        f"but the {name} is {chosen!r}"
+                    )
+
+
+# --- plugin options (--set KEY=VALUE) -------------------------------------------------------
+
+
+def components() -> Iterator[tuple[str, str, Any]]:
+    """(registry kind, name, component) of everything registered."""
+    for kind in plugins.KINDS:
+        registry = plugins.registry(kind)
+        for name in registry.names():
+            yield kind, name, registry.get(name)
+
+
+def prefix_of(name: str) -> str:
+    return name.replace("-", "_") + "_"
+
+
+def check_plugin_options(config: TwoTowerConfig) -> None:
+    """Every ``--set`` key belongs to a component, which checks all of its options.
+
+    A key belongs to the component with the longest matching name, so
+    ``transformer_cls_x`` is an option of ``transformer-cls``, not of ``transformer``.
+    """
+    core = {f.name for f in dataclasses.fields(TwoTowerConfig)}
+    prefixes = sorted({prefix_of(name) for _, name, _ in components()}, key=len, reverse=True)
+
+    def owner(key: str) -> str | None:
+        return next((prefix for prefix in prefixes if key.startswith(prefix)), None)
+
+    for key in config.extra:
+        if key in core:
+            raise TwoTowerError(
+                f"--set {key}: {key} is a run setting of its own; use --{key.replace('_', '-')}"
+            )
+        if owner(key) is None:
+            raise TwoTowerError(
+                f"unknown plugin option {key!r}: a plugin option starts with the name of the "
+                f"component that reads it ({', '.join(sorted(prefixes))})"
+            )
+    for kind, name, component in components():
+        schema = getattr(component, "option_schema", None)
+        if dataclasses.is_dataclass(schema):
+            prefix = prefix_of(name)
+            options = plugins.component_options(config, name)
+            check(
+                schema,
+                {key: value for key, value in options.items() if owner(prefix + key) == prefix},
+                spell=lambda field, prefix=prefix: prefix + field,
+                owner=f"{plugins.KINDS[kind][1]} {name!r}",
+            )
