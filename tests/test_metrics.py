@@ -11,8 +11,8 @@ import torch
 
 from twotower.config import TwoTowerConfig
 from twotower.data.dataset import Dataset
-from twotower.data.split import make_split
 from twotower.data.seen import EarlierItems
+from twotower.data.split import make_split
 from twotower.evaluation import evaluate_popularity, popularity_scores
 from twotower.metrics import NonFiniteScores, metric_ks, metrics_from_ranks, target_ranks
 

@@ -40,7 +40,8 @@ class EarlierItems:
         return self.positions[found]
 
     def before(self, users: np.ndarray, items: np.ndarray) -> torch.Tensor:
-        """[M, N] bool: column j is True where item j + 1 came before ``items[m]`` for ``users[m]``."""
+        """[M, N] bool: column j is True where item j + 1 came before ``items[m]`` (user
+        ``users[m]``)."""
         counts = self.position(users, items)
         total = int(counts.sum())
         rows = np.repeat(np.arange(len(counts)), counts)
