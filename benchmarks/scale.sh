@@ -3,6 +3,6 @@
 # Drop 1000000 from --sizes for a quick run (the 1M HNSW build takes minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-.venv/bin/twotower bench --suite scale --sizes 10000,100000,1000000 --repeats 300 \
-  --json benchmarks/results/scale.json --markdown benchmarks/results/scale.md \
+.venv/bin/twotower bench scale --sizes 10000,100000,1000000 --repeats 300 \
+  --json-file benchmarks/results/scale.json --markdown-file benchmarks/results/scale.md \
   --plot benchmarks/results/scale_recall_qps.png "$@"

@@ -6,5 +6,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rm -rf exports/bench-*
-.venv/bin/twotower bench --suite serving --repeats 500 \
-  --json benchmarks/results/serving.json --markdown benchmarks/results/serving.md "$@"
+.venv/bin/twotower bench serving --repeats 500 \
+  --json-file benchmarks/results/serving.json --markdown-file benchmarks/results/serving.md "$@"

@@ -6,5 +6,5 @@
 # pass --encoders to choose. One torch thread: the runs stay comparable on a shared box.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-.venv/bin/twotower bench --suite train --encoders transformer,gru,mean --seeds 0,1,2 --num-threads 1 \
-  --json benchmarks/results/train.json --markdown benchmarks/results/train.md "$@"
+.venv/bin/twotower bench train --encoders transformer,gru,mean --seeds 0,1,2 --num-threads 1 \
+  --json-file benchmarks/results/train.json --markdown-file benchmarks/results/train.md "$@"

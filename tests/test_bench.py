@@ -7,6 +7,7 @@ from helpers import tiny_config
 
 from twotower import evaluate, fit, plugins
 from twotower.bench import report, scale, serving, train
+from twotower.errors import TwoTowerError
 
 
 @pytest.fixture(scope="module")
@@ -69,11 +70,43 @@ def test_scale_suite_rows_and_plot(tmp_path):
 
 
 def test_train_suite_summarises_seeds(tmp_path):
-    result = train.run(tiny_config(tmp_path, epochs=1), ["mean"], ["logq-softmax"], seeds=(0, 1))
-    assert [run["seed"] for run in result["runs"]] == [0, 1]
+    contenders = train.grid(tiny_config(tmp_path, epochs=1), ["mean"], ["logq-softmax"])
+    result = train.run(contenders, seeds=(0, 1))
+    runs = result["runs"]["mean + logq-softmax"]
+    assert [run["seed"] for run in runs] == [0, 1]
     (summary,) = result["summary"]
-    values = [run["test"]["recall@10"] for run in result["runs"]]
+    values = [run["test"]["recall@10"] for run in runs]
     assert summary["test_recall@10_mean"] == pytest.approx(sum(values) / 2)
     assert summary["test_recall@10_std"] == pytest.approx(abs(values[0] - values[1]) / 2)
     assert summary["seeds"] == 2 and summary["seconds_mean"] > 0
-    assert "| mean | logq-softmax | 2 |" in report.markdown(result, "train")
+    assert "| mean + logq-softmax | 2 |" in report.markdown(result, "train")
+
+
+def test_accuracy_suite_positions_agree_with_the_fit(tmp_path):
+    """Position -1 is the test target and -2 the validation target of the kept model."""
+    base = tiny_config(tmp_path, epochs=2)
+    contenders = [train.contender("default", base), train.contender("ema_decay=0+dropout=0", base)]
+    assert contenders[1].config.ema_decay == 0 and contenders[1].config.dropout == 0
+    result = train.run(contenders, seeds=(0,))
+    for name in ("default", "ema_decay=0+dropout=0"):
+        (run,) = result["runs"][name]
+        positions = run["recall@10_by_position"]
+        assert list(positions) == ["-5", "-4", "-3", "-2", "-1"]
+        assert positions["-1"] == pytest.approx(run["test"]["recall@10"], abs=1e-12)
+        assert positions["-2"] == pytest.approx(run["valid"]["recall@10"], abs=1e-12)
+    text = report.markdown(result, "accuracy")
+    assert "| ema_decay=0+dropout=0 | 1 |" in text and "-1 (test)" in text
+    assert "Popularity under the same protocol" in text
+
+
+def test_a_contender_names_settings_a_file_or_the_defaults(tmp_path):
+    base = tiny_config(tmp_path)
+    preset = tmp_path / "small.toml"
+    preset.write_text('user_encoder = "gru"\nnum_layers = 1\n')
+    named = train.contender(str(preset), base)
+    assert named.name == "small" and named.config.user_encoder == "gru"
+    assert named.config.num_layers == 1 and named.config.dataset == base.dataset
+    assert train.contender("use_user_id=false+lr=0.01", base).config.lr == 0.01
+    for bad in ("epochs", "no_such_setting=1", "dropout=2"):
+        with pytest.raises(TwoTowerError):
+            train.contender(bad, base)

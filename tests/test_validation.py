@@ -143,15 +143,15 @@ def test_interactions_contradict_a_dataset_named_in_the_toml(tmp_path):
         resolved("fit", "--config", str(toml), "--interactions", "x.csv")
 
 
-@pytest.mark.parametrize("command", ["evaluate", "recommend", "export", "bench"])
+@pytest.mark.parametrize("command", ["evaluate", "recommend", "export", "bench serving"])
 def test_every_command_with_settings_reads_its_config(capsys, tmp_path, command):
     missing = tmp_path / "absent.toml"
     extra = ["--user-id", "1"] if command == "recommend" else []
-    code, _, err = run(capsys, command, "--config", missing, *extra)
+    code, _, err = run(capsys, *command.split(), "--config", missing, *extra)
     assert error_line(code, err) == f"error: config file not found: {missing}"
     toml = tmp_path / "run.toml"
     toml.write_text(f'artifacts_dir = "{tmp_path / "fitted"}"\n')
-    code, _, err = run(capsys, command, "--config", toml, *extra)
+    code, _, err = run(capsys, *command.split(), "--config", toml, *extra)
     assert error_line(code, err).startswith(f"error: no artifacts folder at {tmp_path / 'fitted'}")
 
 
@@ -171,6 +171,6 @@ def test_a_k_eval_that_reaches_the_whole_catalog_is_refused(capsys, tmp_path):
 @pytest.mark.parametrize("flag", ["--repeats", "--threads", "--queries", "--sizes"])
 def test_bench_counts_must_be_positive(capsys, flag):
     with pytest.raises(SystemExit) as exit_info:
-        main(["bench", "--suite", "scale", flag, "0"])
+        main(["bench", "scale", flag, "0"])
     assert exit_info.value.code == 2
     assert "expected" in capsys.readouterr().err

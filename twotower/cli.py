@@ -320,12 +320,23 @@ def name_list(kind: str) -> Callable[[str], list[str]]:
     return parse
 
 
-def cmd_bench(args: argparse.Namespace) -> None:
+def seed_list(text: str) -> list[int]:
+    """Comma-separated seeds: integers from 0."""
+    try:
+        values = [int(part) for part in text.split(",") if part]
+    except ValueError:
+        values = []
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"expected comma-separated seeds from 0, got {text!r}")
+    return values
+
+
+def run_suite(args: argparse.Namespace, measure: Callable[[Callable[[str], None]], dict]) -> dict:
+    """Run one bench suite under a spinner, then write, show and return what it measured."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from .bench import report
 
-    config = resolve_config(args)
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
     with Progress(*columns, console=errors, transient=True) as progress:
         task = progress.add_task(f"bench {args.suite}")
@@ -333,42 +344,65 @@ def cmd_bench(args: argparse.Namespace) -> None:
         def notify(message: str) -> None:
             progress.update(task, description=f"bench {args.suite}: {message}")
 
-        if args.suite == "serving":
-            from .bench import serving
-
-            result = serving.run(
-                config.resolved_artifacts_dir, args.exports_dir, args.repeats, args.threads, notify
-            )
-        elif args.suite == "scale":
-            from .bench import scale
-
-            result = scale.run(args.sizes, args.queries, args.repeats, args.threads, notify=notify)
-        else:
-            from .bench import train
-
-            encoders = args.encoders or plugins.user_encoders().names()
-            losses = args.losses or plugins.losses().names()
-            result = train.run(config, encoders, losses, args.seeds, notify)
+        result = measure(notify)
     result["command"] = " ".join(["twotower", *sys.argv[1:]])
+    if args.json_file:
+        report.write_json(result, args.json_file)
+    if args.markdown_file:
+        report.write_markdown(result, args.suite, args.markdown_file)
     if args.json:
-        report.write_json(result, args.json)
-    if args.markdown:
-        report.write_markdown(result, args.suite, args.markdown)
-    if args.suite == "scale" and args.plot:
-        from .bench.scale import plot
+        print_json(result)
+    else:
+        console.print(report_table(args.suite, result))
+    return result
 
-        plot(result, args.plot)
-    console.print(report_table(args.suite, result))
+
+def cmd_bench_serving(args: argparse.Namespace) -> None:
+    from .bench import serving
+
+    folder = resolve_config(args).resolved_artifacts_dir
+    run_suite(
+        args,
+        lambda notify: serving.run(folder, args.exports_dir, args.repeats, args.threads, notify),
+    )
+
+
+def cmd_bench_scale(args: argparse.Namespace) -> None:
+    from .bench import scale
+
+    def measure(notify: Callable[[str], None]) -> dict:
+        return scale.run(args.sizes, args.queries, args.repeats, args.threads, notify=notify)
+
+    result = run_suite(args, measure)
+    if args.plot:
+        scale.plot(result, args.plot)
+
+
+def cmd_bench_train(args: argparse.Namespace) -> None:
+    from .bench import train
+
+    config = resolve_config(args)
+    encoders = args.encoders or plugins.user_encoders().names()
+    losses = args.losses or plugins.losses().names()
+    contenders = train.grid(config, encoders, losses)
+    run_suite(args, lambda notify: train.run(contenders, args.seeds, notify))
+
+
+def cmd_bench_accuracy(args: argparse.Namespace) -> None:
+    from .bench import train
+
+    config = resolve_config(args)
+    contenders = [train.contender(spec, config) for spec in args.contenders]
+    run_suite(args, lambda notify: train.run(contenders, args.seeds, notify))
 
 
 def report_table(suite: str, result: dict[str, Any]) -> Table:
     from .bench import report
 
-    columns = {"serving": report.SERVING, "scale": report.SCALE, "train": report.TRAIN}[suite]
-    rows = result["summary"] if suite == "train" else result["rows"]
+    columns, rows = report.SUITES[suite](result)
     table = Table(title=f"bench {suite}")
     for header, _ in columns:
-        table.add_column(header, justify="left" if header in ("runtime", "method") else "right")
+        table.add_column(header, justify="left" if header in report.TEXT_COLUMNS else "right")
     for row in rows:
         table.add_row(*(cell(row) for _, cell in columns))
     return table
@@ -452,41 +486,63 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--json", action="store_true", help="print the parity report as JSON")
 
-    bench = command(
-        "bench", cmd_bench, "benchmark runtimes and retrievers (serving), search (scale), training"
+    bench = command("bench", None, "benchmark suites: serving, scale, train, accuracy")
+    suites = bench.add_subparsers(dest="suite", required=True, metavar="SUITE")
+
+    def suite(name: str, run: Callable, help_text: str) -> argparse.ArgumentParser:
+        sub = suites.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(run=run)
+        sub.add_argument("--json", action="store_true", help="print the results as JSON")
+        sub.add_argument("--json-file", type=Path, metavar="FILE", help="write them as JSON")
+        sub.add_argument("--markdown-file", type=Path, metavar="FILE", help="write a Markdown file")
+        return sub
+
+    serving = suite(
+        "serving", cmd_bench_serving, "every tower runtime x every retriever on the test users"
     )
-    bench.add_argument(
-        "--suite", choices=["serving", "scale", "train"], default="serving", help="what to measure"
-    )
-    add_config_flags(bench)
-    bench.add_argument(
+    add_config_flags(serving, EXPORT_FIELDS)
+    serving.add_argument(
         "--exports-dir", type=Path, default=Path("exports"), help="bundles live here"
     )
-    bench.add_argument(
+    serving.add_argument(
         "--repeats", type=positive_int, default=200, help="timed repetitions per contender"
     )
-    bench.add_argument(
+    serving.add_argument(
         "--threads", type=positive_int, default=1, help="threads for torch, BLAS, onnxruntime"
     )
-    bench.add_argument(
+
+    scale = suite("scale", cmd_bench_scale, "exact vs HNSW search on synthetic catalogs")
+    scale.add_argument(
         "--sizes",
         type=int_list,
         default=[10_000, 100_000],
-        help="scale suite catalog sizes (default: 10000,100000; add 1000000 for the full run)",
+        help="catalog sizes (default: 10000,100000; add 1000000 for the full run)",
     )
-    bench.add_argument(
-        "--queries", type=positive_int, default=1000, help="scale suite queries per size"
+    scale.add_argument("--queries", type=positive_int, default=1000, help="queries per size")
+    scale.add_argument(
+        "--repeats", type=positive_int, default=200, help="timed repetitions per contender"
     )
-    bench.add_argument("--plot", type=Path, help="scale suite: recall vs queries/s PNG")
-    bench.add_argument(
-        "--encoders", type=name_list("user_encoders"), help="train suite encoders (default: all)"
+    scale.add_argument("--threads", type=positive_int, default=1, help="threads for the search")
+    scale.add_argument("--plot", type=Path, metavar="FILE", help="recall vs queries/s PNG")
+
+    training = suite("train", cmd_bench_train, "every user encoder x every loss, over seeds")
+    add_config_flags(training)
+    training.add_argument(
+        "--encoders", type=name_list("user_encoders"), help="user encoders (default: all)"
     )
-    bench.add_argument(
-        "--losses", type=name_list("losses"), help="train suite losses (default: all)"
+    training.add_argument("--losses", type=name_list("losses"), help="losses (default: all)")
+    training.add_argument("--seeds", type=seed_list, default=[0, 1, 2], help="seeds (0,1,2)")
+
+    accuracy = suite("accuracy", cmd_bench_accuracy, "named configurations over seeds")
+    add_config_flags(accuracy)
+    accuracy.add_argument(
+        "--contenders",
+        type=lambda text: [part for part in text.split(",") if part],
+        default=["default"],
+        metavar="LIST",
+        help="comma-separated: default, FILE.toml, or key=value[+key=value] over the defaults",
     )
-    bench.add_argument("--seeds", type=int_list, default=[0, 1, 2], help="train suite seeds")
-    bench.add_argument("--json", type=Path, metavar="FILE", help="write the results as JSON")
-    bench.add_argument("--markdown", type=Path, metavar="FILE", help="write a Markdown table")
+    accuracy.add_argument("--seeds", type=seed_list, default=[0, 1, 2], help="seeds (0,1,2)")
 
     listing = command("plugins", cmd_plugins, "list plugins and what each registers")
     listing.add_argument("--json", action="store_true", help="print JSON")

@@ -2,10 +2,13 @@
 
 Every item of the catalog is scored by brute force; each user's conditioning
 history (all earlier positives, not only the truncated window) is removed
-from the ranking unless ``mask_seen`` is off.
+from the ranking unless ``mask_seen`` is off. Users are scored in chunks, so
+memory is bounded by chunk x catalog, never users x catalog.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -16,55 +19,118 @@ from .metrics import metric_ks, metrics_from_ranks, target_ranks
 from .towers.model import TwoTowerModel
 
 STAGES = ("valid", "test")
+CHUNK = 1024  # users scored at once
+
+# scores of a chunk of queries: row numbers into the queries -> [rows, N]
+Scorer = Callable[[np.ndarray], torch.Tensor]
+
+
+def ranks_of(
+    score: Scorer,
+    split: Split,
+    users: np.ndarray,
+    targets: np.ndarray,
+    mask_seen: bool,
+    chunk: int = CHUNK,
+) -> np.ndarray:
+    """Rank of each query's target item among the catalog, its user's earlier items removed.
+
+    Query r is user ``users[r]`` asking for their next item after everything
+    before ``targets[r]``.
+    """
+    ranks = []
+    for start in range(0, len(users), chunk):
+        rows = np.arange(start, min(start + chunk, len(users)))
+        scores = score(rows).float().cpu()
+        if mask_seen:
+            excluded = split.earlier_items.before(users[rows], targets[rows])
+        else:
+            excluded = torch.zeros_like(scores, dtype=torch.bool)
+        ranks.append(target_ranks(scores, torch.as_tensor(targets[rows] - 1), excluded))
+    return np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.int64)
+
+
+def stage_queries(split: Split, stage: str) -> tuple[np.ndarray, np.ndarray]:
+    """Every user (in index order) and their ``valid`` or ``test`` target."""
+    return np.arange(1, split.num_users + 1), split.targets(stage)
 
 
 def rank_and_score(
     scores: torch.Tensor, split: Split, stage: str, mask_seen: bool, k_eval: int
 ) -> dict[str, float]:
     """Metrics of ``scores[U, N]`` (users in index order, items 1..N as columns)."""
-    targets = split.targets(stage)
-    users = np.arange(1, split.num_users + 1)
-    excluded = (
-        split.earlier_items.before(users, targets)  # the conditioning history of ``stage``
-        if mask_seen
-        else torch.zeros_like(scores, dtype=torch.bool)
-    )
-    targets = torch.as_tensor(targets - 1)
-    ranks = target_ranks(scores.float(), targets, excluded)
+    users, targets = stage_queries(split, stage)
+    ranks = ranks_of(lambda rows: scores[rows], split, users, targets, mask_seen)
     return metrics_from_ranks(ranks, metric_ks(k_eval))
 
 
-@torch.no_grad()
-def user_vectors(
-    model: TwoTowerModel, split: Split, stage: str, max_history_len: int, batch_size: int = 512
-) -> torch.Tensor:
-    """Encode every user on the conditioning history of ``stage``."""
+def model_scorer(
+    model: TwoTowerModel, users: np.ndarray, histories: Sequence[np.ndarray], max_len: int
+) -> Scorer:
+    """Scores of the catalog for the queries ``(users[r], histories[r])``."""
     device = model.log_temperature.device
-    vectors = []
-    for start in range(0, split.num_users, batch_size):
-        users = range(start + 1, min(start + batch_size, split.num_users) + 1)
-        ids, mask = pad_left([split.history(u, stage) for u in users], max_history_len)
-        vectors.append(
-            model.encode_users(
-                torch.as_tensor(list(users), device=device),
-                torch.as_tensor(ids, device=device),
-                torch.as_tensor(mask, device=device),
-            )
+    catalog = model.catalog_vectors()  # [N, d]
+
+    def score(rows: np.ndarray) -> torch.Tensor:
+        ids, mask = pad_left([histories[r] for r in rows], max_len)
+        vectors = model.encode_users(
+            torch.as_tensor(users[rows], device=device),
+            torch.as_tensor(ids, device=device),
+            torch.as_tensor(mask, device=device),
         )
-    return torch.cat(vectors)
+        return vectors @ catalog.T  # [rows, N]
+
+    return score
 
 
 @torch.no_grad()
-def evaluate_model(model: TwoTowerModel, split: Split, stage: str, config) -> dict[str, float]:
-    """Exact full-catalog metrics of ``model`` on the ``valid`` or ``test`` targets."""
+def model_ranks(
+    model: TwoTowerModel,
+    split: Split,
+    users: np.ndarray,
+    histories: Sequence[np.ndarray],
+    targets: np.ndarray,
+    config,
+) -> np.ndarray:
+    """Ranks of ``targets`` for the model's vectors of ``(users, histories)``, in eval mode."""
     was_training = model.training
     model.eval()
     try:
-        users = user_vectors(model, split, stage, config.max_history_len)
-        scores = users @ model.catalog_vectors().T  # [U, N]
+        score = model_scorer(model, users, histories, config.max_history_len)
+        return ranks_of(score, split, users, targets, config.mask_seen)
     finally:
         model.train(was_training)
-    return rank_and_score(scores.cpu(), split, stage, config.mask_seen, config.k_eval)
+
+
+def evaluate_model(model: TwoTowerModel, split: Split, stage: str, config) -> dict[str, float]:
+    """Exact full-catalog metrics of ``model`` on the ``valid`` or ``test`` targets."""
+    users, targets = stage_queries(split, stage)
+    histories = [split.history(u, stage) for u in users]
+    ranks = model_ranks(model, split, users, histories, targets, config)
+    return metrics_from_ranks(ranks, metric_ks(config.k_eval))
+
+
+def recall_by_position(
+    model: TwoTowerModel, split: Split, config, offsets: Sequence[int] = (5, 4, 3, 2, 1)
+) -> dict[str, float]:
+    """Recall@k_eval of each user's item at ``-offset``, given every item before it.
+
+    Offset 1 is the test target, 2 the validation target, 3 and beyond are
+    training targets. A model far better on its training positions than on
+    validation over-fits; one no better on them under-fits. Users with no
+    item before that position are left out.
+    """
+    result = {}
+    for offset in offsets:
+        users = np.array(
+            [u for u in range(1, split.num_users + 1) if len(split.sequences[u - 1]) > offset],
+            dtype=np.int64,
+        )
+        histories = [split.sequences[u - 1][:-offset] for u in users]
+        targets = np.array([split.sequences[u - 1][-offset] for u in users], dtype=np.int64)
+        ranks = model_ranks(model, split, users, histories, targets, config)
+        result[str(-offset)] = float((ranks <= config.k_eval).mean()) if len(ranks) else 0.0
+    return result
 
 
 def popularity_scores(split: Split, stage: str) -> torch.Tensor:

@@ -60,17 +60,46 @@ SCALE: list[Column] = [
     ("recall@10", number("recall@10", ".4f")),
 ]
 TRAIN: list[Column] = [
-    ("user encoder", lambda r: r["user_encoder"]),
-    ("loss", lambda r: r["loss"]),
+    ("contender", lambda r: r["contender"]),
     ("seeds", number("seeds", "d")),
     ("test recall@10", spread("test_recall@10")),
     ("test ndcg@10", spread("test_ndcg@10")),
     ("valid recall@10", spread("valid_recall@10")),
-    ("popularity test recall@10", number("popularity_test_recall@10", ".4f")),
+    ("valid ndcg@10", spread("valid_ndcg@10")),
+    ("best epoch", number("best_epoch_mean", ".0f")),
     ("fit s", number("seconds_mean", ".0f")),
     ("s to best epoch", number("seconds_to_best_epoch_mean", ".0f")),
     ("examples/s", number("examples_per_second_mean", ",.0f")),
 ]
+TEXT_COLUMNS = ("runtime", "method", "contender")
+
+
+def by_position(result: dict[str, Any]) -> str:
+    """Recall@10 by target position, mean over seeds: the over-fitting diagnostic."""
+    positions = list(result["summary"][0]["recall@10_by_position"])
+    columns: list[Column] = [("contender", lambda r: r["contender"])]
+    for position in positions:
+        label = {"-1": "-1 (test)", "-2": "-2 (valid)"}.get(position, position)
+        columns.append((label, lambda r, p=position: f"{r['recall@10_by_position'][p]:.4f}"))
+    return table(columns, result["summary"])
+
+
+def popularity_line(result: dict[str, Any]) -> str:
+    popularity = result["summary"][0]["popularity"]
+    return (
+        f"Popularity under the same protocol: test Recall@10 "
+        f"{popularity['test']['recall@10']:.4f}, NDCG@10 {popularity['test']['ndcg@10']:.4f}; "
+        f"valid Recall@10 {popularity['valid']['recall@10']:.4f}."
+    )
+
+
+# suite -> (columns, rows) of its main table
+SUITES: dict[str, Callable[[dict[str, Any]], tuple[list[Column], list[dict[str, Any]]]]] = {
+    "serving": lambda result: (SERVING, result["rows"]),
+    "scale": lambda result: (SCALE, result["rows"]),
+    "train": lambda result: (TRAIN, result["summary"]),
+    "accuracy": lambda result: (TRAIN, result["summary"]),
+}
 
 
 def preamble(result: dict[str, Any], title: str) -> list[str]:
@@ -88,8 +117,10 @@ def preamble(result: dict[str, Any], title: str) -> list[str]:
 
 
 def markdown(result: dict[str, Any], suite: str) -> str:
+    columns, rows = SUITES[suite](result)
+    sections = [table(columns, rows)]
     if suite == "serving":
-        title, columns, rows = "Serving benchmark", SERVING, result["rows"]
+        title = "Serving benchmark"
         headline = result["headline"]
         intro = (
             f"{result['test_users']} test users, {result['num_items']} items, "
@@ -104,12 +135,22 @@ def markdown(result: dict[str, Any], suite: str) -> str:
             f"{headline['bundle_recommend_p99_ms']:.3f} ms"
         )
     elif suite == "scale":
-        title, columns, rows = "Scale benchmark", SCALE, result["rows"]
+        title = "Scale benchmark"
         intro = f"Synthetic clustered {result['dim']}-d catalogs, {result['queries']} queries each."
     else:
-        title, columns, rows = "Training benchmark", TRAIN, result["summary"]
-        intro = "Mean ± standard deviation over seeds; every run is a full `twotower fit`."
-    return "\n".join([*preamble(result, title), intro, "", table(columns, rows), ""])
+        title = "Training benchmark" if suite == "train" else "Accuracy benchmark"
+        intro = (
+            "Mean ± standard deviation over seeds; every run is a full `twotower fit` "
+            "(early stopping on validation Recall@10, test read once on the kept model). "
+            + popularity_line(result)
+        )
+        sections += [
+            "Recall@10 by target position, mean over seeds (history = every earlier item, "
+            "seen items masked; -1 is the test target, -2 the validation target, the others "
+            "are training targets):",
+            by_position(result),
+        ]
+    return "\n".join([*preamble(result, title), intro, "", "\n\n".join(sections), ""])
 
 
 def write_markdown(result: dict[str, Any], suite: str, path: Path) -> Path:

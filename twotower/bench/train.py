@@ -1,34 +1,89 @@
-"""Training suite: speed per encoder, and accuracy over encoders x losses x seeds.
+"""Training suites: accuracy of named configurations over seeds, and encoders x losses.
 
 Every run is a real ``twotower.fit`` (early stopping, test evaluation,
 artifacts written to a temporary folder), so its wall time is what a user
 waits for. Accuracy is reported as mean and spread over seeds, beside the
-popularity baseline under the same protocol.
+popularity baseline under the same protocol, with Recall@10 by target
+position (training targets, validation, test) as the over-fitting diagnostic.
+
+A contender is a configuration with a name: ``default`` (every default), a
+TOML file (``configs/sasrec.toml``, named after the file) or settings over
+the defaults joined by ``+`` (``user_encoder=gru+loss=logq-softmax``).
 """
 
 from __future__ import annotations
 
+import json
 import statistics
 import tempfile
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from ..config import TwoTowerConfig
+from ..config import TwoTowerConfig, read_toml
+from ..errors import TwoTowerError
 from .timing import environment
 
 HEADLINE = ("recall@10", "ndcg@10", "mrr@10")
 
 
+@dataclass(frozen=True)
+class Contender:
+    name: str
+    config: TwoTowerConfig
+
+
+def parse_value(text: str) -> Any:
+    """A setting's value as TOML would read it: numbers and booleans, else text."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def contender(spec: str, base: TwoTowerConfig) -> Contender:
+    """``default``, a TOML file, or ``key=value+key=value`` over ``base``."""
+    from ..validation import validate
+
+    if spec == "default":
+        return Contender(spec, base)
+    if spec.endswith(".toml"):
+        return Contender(Path(spec).stem, validate(base.replace(**read_toml(spec))))
+    changes = {}
+    for part in spec.split("+"):
+        key, sep, value = part.partition("=")
+        if not sep or not key:
+            raise TwoTowerError(
+                f"contender {spec!r}: expected default, FILE.toml or key=value[+key=value]"
+            )
+        changes[key.replace("-", "_")] = parse_value(value)
+    unknown = sorted(set(changes) - set(base.to_dict()))
+    if unknown:
+        raise TwoTowerError(f"contender {spec!r}: unknown setting(s) {', '.join(unknown)}")
+    return Contender(spec, validate(base.replace(**changes)))
+
+
+def grid(base: TwoTowerConfig, encoders: Sequence[str], losses: Sequence[str]) -> list[Contender]:
+    """Every user encoder x every loss over ``base``."""
+    return [
+        Contender(f"{encoder} + {loss}", base.replace(user_encoder=encoder, loss=loss))
+        for encoder in encoders
+        for loss in losses
+    ]
+
+
 def one_run(config: TwoTowerConfig) -> dict[str, Any]:
-    from ..api import fit
+    from ..api import fit, load, prepare
+    from ..evaluation import recall_by_position
 
     with tempfile.TemporaryDirectory(prefix="twotower-bench-") as folder:
         result = fit(config.replace(artifacts_dir=folder), progress=False)
+        model = load(result.artifacts_dir).model
+        by_position = recall_by_position(model, prepare(config.replace(download=False)), config)
     log = result.log
     best = result.best_epoch
     return {
-        "user_encoder": config.user_encoder,
-        "loss": config.loss,
         "seed": config.seed,
         "best_epoch": best,
         "epochs_run": len(log),
@@ -37,51 +92,55 @@ def one_run(config: TwoTowerConfig) -> dict[str, Any]:
         "examples_per_second": statistics.fmean(entry["examples_per_second"] for entry in log),
         "valid": {k: result.valid[k] for k in HEADLINE},
         "test": {k: result.test[k] for k in HEADLINE},
-        "popularity_test": {k: result.popularity["test"][k] for k in HEADLINE},
+        "recall@10_by_position": by_position,
+        "popularity": {
+            stage: {k: result.popularity[stage][k] for k in HEADLINE} for stage in ("valid", "test")
+        },
     }
 
 
-def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and standard deviation over seeds for each (encoder, loss)."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for run in runs:
-        groups.setdefault((run["user_encoder"], run["loss"]), []).append(run)
-    summary = []
-    for (encoder, loss), members in groups.items():
-        row: dict[str, Any] = {"user_encoder": encoder, "loss": loss, "seeds": len(members)}
-        for stage in ("test", "valid"):
-            for key in HEADLINE:
-                values = [m[stage][key] for m in members]
-                row[f"{stage}_{key}_mean"] = statistics.fmean(values)
-                row[f"{stage}_{key}_std"] = statistics.pstdev(values)
-        for key in ("seconds", "seconds_to_best_epoch", "examples_per_second"):
-            row[f"{key}_mean"] = statistics.fmean(m[key] for m in members)
-        row["popularity_test_recall@10"] = members[0]["popularity_test"]["recall@10"]
-        summary.append(row)
-    return summary
+def summarise(name: str, config: TwoTowerConfig, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and standard deviation over seeds of one contender."""
+    row: dict[str, Any] = {
+        "contender": name,
+        "user_encoder": config.user_encoder,
+        "loss": config.loss,
+        "seeds": len(runs),
+    }
+    for stage in ("test", "valid"):
+        for key in HEADLINE:
+            values = [run[stage][key] for run in runs]
+            row[f"{stage}_{key}_mean"] = statistics.fmean(values)
+            row[f"{stage}_{key}_std"] = statistics.pstdev(values)
+    for key in ("seconds", "seconds_to_best_epoch", "examples_per_second", "best_epoch"):
+        row[f"{key}_mean"] = statistics.fmean(run[key] for run in runs)
+    positions = runs[0]["recall@10_by_position"]
+    row["recall@10_by_position"] = {
+        p: statistics.fmean(run["recall@10_by_position"][p] for run in runs) for p in positions
+    }
+    row["popularity"] = runs[0]["popularity"]
+    return row
 
 
 def run(
-    base: TwoTowerConfig,
-    encoders: Sequence[str],
-    losses: Sequence[str],
+    contenders: Sequence[Contender],
     seeds: Sequence[int] = (0, 1, 2),
     notify: Callable[[str], None] = lambda message: None,
 ) -> dict[str, Any]:
-    runs = []
-    total = len(encoders) * len(losses) * len(seeds)
-    for encoder in encoders:
-        for loss in losses:
-            for seed in seeds:
-                notify(f"[{len(runs) + 1}/{total}] {encoder} + {loss}, seed {seed}")
-                config = base.replace(user_encoder=encoder, loss=loss, seed=seed)
-                runs.append(one_run(config))
+    """Fit every contender with every seed; one summary row per contender."""
+    runs: dict[str, list[dict[str, Any]]] = {}
+    total, done = len(contenders) * len(seeds), 0
+    for entry in contenders:
+        for seed in seeds:
+            done += 1
+            notify(f"[{done}/{total}] {entry.name}, seed {seed}")
+            runs.setdefault(entry.name, []).append(one_run(entry.config.replace(seed=seed)))
     import torch
 
-    threads = {"torch": base.num_threads or torch.get_num_threads()}
+    threads = {"torch": contenders[0].config.num_threads or torch.get_num_threads()}
     return {
         **environment(threads),
-        "config": base.to_dict(),
+        "contenders": {entry.name: entry.config.to_dict() for entry in contenders},
         "runs": runs,
-        "summary": summarise(runs),
+        "summary": [summarise(entry.name, entry.config, runs[entry.name]) for entry in contenders],
     }
