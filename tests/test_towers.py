@@ -88,13 +88,22 @@ def test_unnormalised_towers_keep_their_norms():
     assert not torch.allclose(items.norm(dim=1), torch.ones(20))
 
 
-def test_item_tower_uses_genres():
-    model = make_model("mean").eval()
+def test_an_item_is_its_id_embedding_plus_its_genres_in_both_towers():
+    model = make_model("mean", normalize=False, use_user_id=False, dropout=0.0).eval()
+    embedding = model.item_tower.item_embedding
+    ids, genres = embedding.ids.weight, embedding.genres.weight
     with torch.no_grad():
-        before = model.encode_items(torch.tensor([2]))
-        model.item_tower.item_genres[2, 2] = 1.0  # give item 2 another genre
-        after = model.encode_items(torch.tensor([2]))
-    assert not torch.allclose(before, after)
+        # item 2 has genres 0 and 1 (see make_model); padding maps to zeros
+        assert torch.allclose(
+            model.encode_items(torch.tensor([2]))[0], ids[2] + genres[0] + genres[1]
+        )
+        assert not embedding(torch.tensor([0])).any()
+        # the user tower reads histories through the same embedding: its mean, here
+        history = [np.array([2, 3])]
+        expected = (ids[2] + genres[0] + genres[1] + ids[3] + genres[0]) / 2
+        assert torch.allclose(encode(model, [1], history)[0], expected, atol=1e-6)
+        embedding.item_genres[2, 2] = 1.0  # give item 2 another genre: both towers see it
+        assert torch.allclose(encode(model, [1], history)[0], expected + genres[2] / 2, atol=1e-6)
 
 
 def test_temperature_is_clamped():

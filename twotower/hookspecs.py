@@ -29,10 +29,13 @@ def register_user_encoders(register: Register) -> None:
 
     ``register(name, cls)`` where ``cls(config, item_embedding, num_users)``
     builds an ``nn.Module``: ``config`` is the run's ``TwoTowerConfig``,
-    ``item_embedding`` the ``nn.Embedding`` shared with the item tower (row 0
-    is padding), ``num_users`` the number of known users (user index 0 means
-    "unknown user"). Its ``forward(user_ids[B] int64, history[B, L] int64,
-    history_mask[B, L] bool) -> Tensor[B, d]`` returns L2-normalised vectors.
+    ``item_embedding`` the module shared with the item tower that maps item
+    indexes ``[...]`` to ``[..., embedding_dim]`` (the item's ID embedding plus
+    its content; index 0 is padding and maps to zeros), ``num_users`` the
+    number of known users (user index 0 means "unknown user"). Its
+    ``forward(user_ids[B] int64, history[B, L] int64, history_mask[B, L] bool)
+    -> Tensor[B, d]`` returns the user vectors (L2-normalised when
+    ``config.normalize``).
     Histories are left-padded; a row may be all padding (a cold user) and must
     still give a finite vector. The module must export to ONNX with dynamic
     batch and history length.

@@ -15,7 +15,7 @@ from .user import UserHead, most_recent
 
 
 class GRUEncoder(nn.Module):
-    def __init__(self, config, item_embedding: nn.Embedding, num_users: int):
+    def __init__(self, config, item_embedding: nn.Module, num_users: int):
         super().__init__()
         dim = item_embedding.embedding_dim
         self.item_embedding = item_embedding

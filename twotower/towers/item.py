@@ -1,11 +1,14 @@
-"""The item tower: ``E_item(id) + sum_g E_genre(g)``, optionally through a 2-layer MLP.
+"""The item embedding and the item tower built on it.
 
-Without the MLP (the default) an item's vector is its ID embedding plus its
-genres' embeddings: the same table the user tower reads histories through,
-so the output side is tied to the input side as in SASRec, and content is
-added to the ID rather than mixed with it. The MLP of DESIGN.md
-(``item_mlp``) re-maps every item, which over-fits the ID table on a small
-catalog (README, "What cost the test accuracy").
+An item is its ID embedding plus the embeddings of its genres
+(``ItemEmbedding``): content is added to the ID rather than mixed with it,
+so a rarely seen item still has a meaningful vector. The same module reads
+history items in the user tower and embeds candidates in the item tower, so
+output embeddings are tied to input embeddings as in SASRec, and content
+counts on both sides. The item tower is that embedding as it is (the
+default), or through DESIGN.md's 2-layer MLP (``item_mlp``), which re-maps
+every item and over-fits the table on a small catalog (README, "What cost
+the test accuracy").
 """
 
 from __future__ import annotations
@@ -22,35 +25,49 @@ def mlp(in_dim: int, dim: int, dropout: float) -> nn.Sequential:
     )
 
 
-class ItemTower(nn.Module):
-    """Content-aware item tower; genres are a fixed multi-hot buffer, so only ids go in.
+class ItemEmbedding(nn.Module):
+    """``E_item(id) + sum of E_genre(g)`` over the item's genres; id 0 (padding) gives zeros.
 
-    The item-ID embedding table is shared with the user tower, which reads
-    histories through it.
+    Genres are a fixed multi-hot buffer, so only ids go in: histories and
+    candidates alike are tensors of item indexes.
     """
+
+    def __init__(self, num_items: int, dim: int, item_genres: np.ndarray):
+        super().__init__()
+        self.embedding_dim = dim
+        self.ids = nn.Embedding(num_items + 1, dim, padding_idx=0)
+        genres = torch.tensor(item_genres, dtype=torch.float32)
+        genres[0] = 0.0  # the padding item has no genres, so padding stays zero
+        self.register_buffer("item_genres", genres)
+        num_genres = self.item_genres.shape[1]
+        self.genres = nn.Embedding(num_genres, dim) if num_genres else None
+
+    def forward(self, item_ids: torch.Tensor) -> torch.Tensor:
+        x = self.ids(item_ids)  # [..., d]
+        if self.genres is not None:
+            # the sum of the item's genre vectors: multi-hot [..., G] @ [G, d]
+            x = x + self.item_genres[item_ids] @ self.genres.weight
+        return x
+
+
+class ItemTower(nn.Module):
+    """``ItemEmbedding``, optionally through an MLP, optionally L2-normalised."""
 
     def __init__(
         self,
-        item_embedding: nn.Embedding,
-        item_genres: np.ndarray,
+        item_embedding: ItemEmbedding,
         dropout: float,
         normalize: bool = True,
         use_mlp: bool = False,
     ):
         super().__init__()
         self.normalize = normalize
-        dim = item_embedding.embedding_dim
         self.item_embedding = item_embedding
-        self.register_buffer("item_genres", torch.as_tensor(item_genres, dtype=torch.float32))
-        num_genres = self.item_genres.shape[1]
-        self.genre_embedding = nn.Embedding(num_genres, dim) if num_genres else None
+        dim = item_embedding.embedding_dim
         self.mlp = mlp(dim, dim, dropout) if use_mlp else None
 
     def forward(self, item_ids: torch.Tensor) -> torch.Tensor:
         x = self.item_embedding(item_ids)  # [N, d]
-        if self.genre_embedding is not None:
-            # the sum of the item's genre vectors: multi-hot [N, G] @ [G, d]
-            x = x + self.item_genres[item_ids] @ self.genre_embedding.weight
         if self.mlp is not None:
             x = self.mlp(x)
         return unit_length(x) if self.normalize else x

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .item import ItemTower
+from .item import ItemEmbedding, ItemTower
 
 
 class TwoTowerModel(nn.Module):
@@ -30,10 +30,10 @@ class TwoTowerModel(nn.Module):
         self.num_users = num_users
         self.num_items = num_items
         self.max_history_len = config.max_history_len
-        item_embedding = nn.Embedding(num_items + 1, config.embedding_dim, padding_idx=0)
         features = item_genres if config.use_item_features else item_genres[:, :0]
+        item_embedding = ItemEmbedding(num_items, config.embedding_dim, features)
         self.item_tower = ItemTower(
-            item_embedding, features, config.dropout, config.normalize, config.item_mlp
+            item_embedding, config.dropout, config.normalize, config.item_mlp
         )
         self.user_tower = encoder_class(config, item_embedding, num_users)
         initialise_embeddings(self, config.init_std)

@@ -111,7 +111,7 @@ class TransformerEncoder(nn.Module):
         check_value("pooling", config.pooling, str, one_of(*POOLINGS))
         check_heads(config)
 
-    def __init__(self, config, item_embedding: nn.Embedding, num_users: int):
+    def __init__(self, config, item_embedding: nn.Module, num_users: int):
         super().__init__()
         self.check_config(config)
         dim = item_embedding.embedding_dim

@@ -13,6 +13,9 @@ class UserHead(nn.Module):
 
     Without the MLP (the default) the history summary is the user vector, as
     in SASRec, and the user-ID embedding adds what the history does not say.
+    The user-ID embedding goes through dropout like every other input: a
+    table with one row per user otherwise memorises each user's training
+    targets (README, "What cost the test accuracy").
     User index 0 is the unknown (cold) user: its embedding row is fixed at
     zero, so a cold user is described by the history alone.
     """
@@ -31,15 +34,19 @@ class UserHead(nn.Module):
         self.user_embedding = (
             nn.Embedding(num_users + 1, dim, padding_idx=0) if use_user_id else None
         )
+        self.user_dropout = nn.Dropout(dropout)
         self.mlp = mlp(2 * dim if use_user_id else dim, dim, dropout) if use_mlp else None
 
     def forward(self, summary: torch.Tensor, user_ids: torch.Tensor) -> torch.Tensor:
+        user = None
+        if self.user_embedding is not None:
+            user = self.user_dropout(self.user_embedding(user_ids))
         if self.mlp is not None:
-            if self.user_embedding is not None:
-                summary = torch.cat([summary, self.user_embedding(user_ids)], dim=-1)  # [B, 2d]
+            if user is not None:
+                summary = torch.cat([summary, user], dim=-1)  # [B, 2d]
             summary = self.mlp(summary)
-        elif self.user_embedding is not None:
-            summary = summary + self.user_embedding(user_ids)
+        elif user is not None:
+            summary = summary + user
         return unit_length(summary) if self.normalize else summary
 
     @classmethod

@@ -33,7 +33,7 @@ class PooledTransformer(nn.Module):
 
     check_config = staticmethod(check_heads)  # twotower asks before any data is read
 
-    def __init__(self, config, item_embedding: nn.Embedding, num_users: int):
+    def __init__(self, config, item_embedding: nn.Module, num_users: int):
         super().__init__()
         check_heads(config)
         dim = item_embedding.embedding_dim
@@ -76,7 +76,7 @@ class PooledTransformer(nn.Module):
 class TransformerCLS(PooledTransformer):
     """The output of a learned token placed after the most recent item."""
 
-    def __init__(self, config, item_embedding: nn.Embedding, num_users: int):
+    def __init__(self, config, item_embedding: nn.Module, num_users: int):
         super().__init__(config, item_embedding, num_users)
         self.cls = nn.Parameter(0.02 * torch.randn(item_embedding.embedding_dim))
 
@@ -91,7 +91,7 @@ class TransformerCLS(PooledTransformer):
 class TransformerAttention(PooledTransformer):
     """A learned query's attention-weighted sum of the outputs at valid positions."""
 
-    def __init__(self, config, item_embedding: nn.Embedding, num_users: int):
+    def __init__(self, config, item_embedding: nn.Module, num_users: int):
         super().__init__(config, item_embedding, num_users)
         dim = item_embedding.embedding_dim
         self.query = nn.Parameter(torch.randn(dim) / dim**0.5)
