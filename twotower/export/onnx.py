@@ -99,7 +99,7 @@ class OnnxFormat:
         import onnx
         import torch
 
-        from ..towers.attention import attention_onnx
+        from . import onnx_attention
         from .towers import (
             ITEM_INPUTS,
             ITEM_OUTPUTS,
@@ -121,12 +121,12 @@ class OnnxFormat:
         )  # fmt: skip
         translations = {
             torch.ops.aten.remainder.Scalar: remainder_scalar,
-            torch.ops.twotower.attention.default: attention_onnx,
+            **onnx_attention.TRANSLATIONS,
         }
         written = []
         for module, example, file, inputs, outputs, dynamic in jobs:
             path = Path(out_dir) / file
-            with torch.no_grad(), quiet_exporter():
+            with torch.no_grad(), quiet_exporter(), onnx_attention.one_node():
                 torch.onnx.export(
                     module,
                     example,
