@@ -8,6 +8,7 @@ from twotower import plugins
 from twotower.config import TwoTowerConfig
 from twotower.data.padding import pad_left
 from twotower.towers.model import TwoTowerModel
+from twotower.towers.runtime import ModelTowers, TorchTowers
 
 ENCODERS = plugins.user_encoders().names()
 HISTORIES = [np.array([3, 4, 5, 6, 7]), np.array([9]), np.arange(1, 13)]  # 12 > max_len 8
@@ -105,3 +106,36 @@ def test_temperature_is_clamped():
     with torch.no_grad():
         model.log_temperature.fill_(10.0)
     assert model.temperature.item() == pytest.approx(0.5)
+
+
+class ThreadCount(torch.nn.Module):
+    """Answers with the number of threads torch computes on during the call."""
+
+    def forward(self, *inputs):
+        return torch.full((len(inputs[0]), 1), float(torch.get_num_threads()))
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_torch_runtimes_compute_on_their_threads_and_restore_the_process_count(threads):
+    before = torch.get_num_threads()
+    towers = TorchTowers(ThreadCount(), ThreadCount(), threads)
+    users, history = np.array([1, 2]), np.ones((2, 3), dtype=np.int64)
+    assert towers.encode_users(users, history, history != 0).tolist() == [[threads]] * 2
+    assert towers.encode_items(np.array([1])).tolist() == [[threads]]
+    assert torch.get_num_threads() == before
+    unpinned = TorchTowers(ThreadCount(), ThreadCount())  # None: torch's own count
+    assert unpinned.encode_items(np.array([1])).tolist() == [[before]]
+
+
+def test_model_towers_give_the_model_s_vectors():
+    model = make_model(ENCODERS[0]).eval()
+    towers = ModelTowers(model, threads=1)
+    ids, mask = pad_left(HISTORIES, model.max_history_len)
+    np.testing.assert_array_equal(
+        towers.encode_users(np.array([1, 2, 0]), ids, mask),
+        encode(model, [1, 2, 0], HISTORIES).numpy(),
+    )
+    with torch.no_grad():
+        expected = model.encode_items(torch.arange(1, 21)).numpy()
+    np.testing.assert_array_equal(towers.encode_items(np.arange(1, 21)), expected)
+    assert towers.model is model
