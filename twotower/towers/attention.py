@@ -78,27 +78,13 @@ def multi_head_attention(
 ) -> Tensor:
     """``attend``, or the implementation ``replaced_by`` put in place when no dropout applies.
 
-    TorchScript compiles ``attend`` alone, so its files hold standard operators only.
+    TorchScript compiles ``attend`` alone (it skips the branch it is not
+    in), so its files hold standard operators only.
     """
-    if torch.jit.is_scripting():
-        return attend(q, k, v, mask, causal, num_heads, scale, dropout_p)
-    return attend_or_replacement(q, k, v, mask, causal, num_heads, scale, dropout_p)
-
-
-@torch.jit.unused  # TorchScript cannot compile a context variable; it never runs this
-def attend_or_replacement(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    mask: Tensor,
-    causal: bool,
-    num_heads: int,
-    scale: float,
-    dropout_p: float,
-) -> Tensor:
-    replacement = _replacement.get()
-    if replacement is not None and dropout_p == 0.0:
-        return replacement(q, k, v, mask, causal, num_heads, scale)
+    if not torch.jit.is_scripting():
+        replacement = _replacement.get()
+        if replacement is not None and dropout_p == 0.0:
+            return replacement(q, k, v, mask, causal, num_heads, scale)
     return attend(q, k, v, mask, causal, num_heads, scale, dropout_p)
 
 
