@@ -86,7 +86,7 @@ def capability_table() -> str:
     """``contracts.CAPABILITIES`` as the Markdown table docs/plugins.md shows."""
     rows = ["| capability | of | without it | what it is |", "| --- | --- | --- | --- |"]
     for c in contracts.CAPABILITIES.values():
-        kinds = "every kind" if c.kinds == contracts.ANY else ", ".join(c.kinds)
+        kinds = "every kind" if c.kinds is None else ", ".join(c.kinds)
         rows.append(f"| `{c.name}` | {kinds.replace('_', ' ')} | `{c.default!r}` | {c.meaning} |")
     return "\n".join(rows) + "\n"
 

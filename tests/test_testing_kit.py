@@ -55,6 +55,19 @@ def test_check_user_encoder_catches_a_non_finite_cold_user():
     assert "checked-ColdUserNaN" not in plugins.user_encoders()  # registered for the check only
 
 
+class Peeking(MeanEncoder):
+    """Claims sequence mode but gives every position the whole history's vector."""
+
+    def encode_sequence(self, user_ids, history, history_mask):
+        whole = self.forward(user_ids, history, history_mask)  # [B, d]
+        return whole.unsqueeze(1).expand(-1, history.shape[1], -1)
+
+
+def test_check_user_encoder_catches_a_sequence_mode_that_sees_the_future():
+    with pytest.raises(AssertionError, match=r"encode_sequence at position \d+ vs forward"):
+        testing.check_user_encoder(Peeking)
+
+
 class Ascending(InBatchSoftmax):
     """Rewards the wrong item: the negated in-batch softmax."""
 

@@ -1,4 +1,5 @@
-"""The towers' contract: shapes, normalisation, cold users, and sequence == prefix encoding."""
+"""The towers: shapes, normalisation, cold users, and the runtime that wraps torch modules
+(sequence == prefix encoding is ``twotower.testing.check_user_encoder``'s)."""
 
 import numpy as np
 import pytest
@@ -61,25 +62,6 @@ def test_padding_width_does_not_change_a_user_vector(encoder):
     alone = encode(model, [1], [HISTORIES[1]])  # padded to width 1
     batched = encode(model, [1, 2], [HISTORIES[1], HISTORIES[2]])  # padded to width 8
     assert torch.allclose(alone[0], batched[0], atol=1e-6)
-
-
-@pytest.mark.parametrize("encoder", ENCODERS)
-def test_encode_sequence_equals_encoding_each_prefix(encoder):
-    """Sequence training is only honest if position t sees exactly the prefix up to t."""
-    model = make_model(encoder).eval()
-    if not hasattr(model.user_tower, "encode_sequence"):
-        pytest.skip(f"{encoder} has no sequence mode")
-    ids, mask = pad_left(HISTORIES[:2], 8)
-    users = torch.tensor([1, 2])
-    with torch.no_grad():
-        sequence = model.user_tower.encode_sequence(
-            users, torch.as_tensor(ids), torch.as_tensor(mask)
-        )
-    for row, history in enumerate(HISTORIES[:2]):
-        for t in range(1, len(history) + 1):
-            expected = encode(model, [row + 1], [history[:t]])[0]
-            position = ids.shape[1] - len(history) + t - 1
-            assert torch.allclose(sequence[row, position], expected, atol=1e-5), (row, t)
 
 
 def test_unnormalised_towers_keep_their_norms():

@@ -159,25 +159,24 @@ class Capability:
     """Something only some components have, and what generic code assumes without it."""
 
     name: str
-    kinds: tuple[str, ...]  # registry kinds that may have it
+    kinds: tuple[str, ...] | None  # the registry kinds that may have it; None: every kind
     default: Any
     meaning: str
 
 
-ANY = ("user_encoders", "losses", "retrievers", "formats", "datasets")
 CAPABILITIES = {
     c.name: c
     for c in (
         Capability(
             "option_schema",
-            ANY,
+            None,
             None,
             "a dataclass of its `<name>_*` options, typed, with allowed values from "
             "`twotower.schema`; every command checks `--set` keys against it",
         ),
         Capability(
             "check_config",
-            ANY,
+            None,
             None,
             "`check_config(config)` raises `TwoTowerError` on settings it cannot use; "
             "called before any data is read",

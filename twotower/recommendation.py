@@ -237,7 +237,7 @@ def encode_histories(
     for start in range(0, len(users), batch):
         ids, mask = pad_left(list(histories[start : start + batch]), max_len)
         parts.append(towers.encode_users(users[start : start + batch], ids, mask))
-    return np.concatenate(parts)
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)  # one batch: no copy
 
 
 def top_k(

@@ -182,8 +182,9 @@ def assert_towers_match(what: str, model: TwoTowerModel, towers: Any, items: boo
 
 def check_user_encoder(encoder: str | type, **config_changes: Any) -> None:
     """A user encoder trains, gives finite [B, d] vectors (unit length when the config
-    normalises), ignores left padding, keeps a cold user finite and exports in every
-    registered format with parity (dynamic batch and history length).
+    normalises), ignores left padding, keeps a cold user finite, encodes every prefix at
+    once as it encodes each (with the ``encode_sequence`` capability), and exports in
+    every registered format with parity (dynamic batch and history length).
     """
     from .train import train
 
@@ -198,6 +199,7 @@ def check_user_encoder(encoder: str | type, **config_changes: Any) -> None:
         model = result.model.eval()
         conforms(what, model.user_tower, contracts.UserEncoder)
         check_user_vectors(what, model, config)
+        check_sequence(what, model, config)
         for format_name in plugins.formats().names():
             exporter = plugins.formats().get(format_name)()
             with tempfile.TemporaryDirectory() as folder:
@@ -222,6 +224,30 @@ def check_user_vectors(what: str, model: TwoTowerModel, config: TwoTowerConfig) 
             alone = pad_left([batch[1][row][batch[2][row]]], config.max_history_len)
             single = towers.encode_users(batch[0][row : row + 1], *alone)
             assert_close(f"{what}: a history encoded alone vs left-padded", single, vectors[row])
+
+
+def check_sequence(what: str, model: TwoTowerModel, config: TwoTowerConfig) -> None:
+    """With the ``encode_sequence`` capability (causal), the vector at each valid position
+    is ``forward`` on the history up to it: sequence training is honest only then."""
+    encoder = model.user_tower
+    if contracts.capability(encoder, "encode_sequence") is None:
+        return
+    if not contracts.capability(encoder, "causal"):
+        return
+    towers = ModelTowers(model)
+    for users, ids, mask in history_batches(tiny_split(), config.max_history_len):
+        with torch.no_grad():
+            sequence = encoder.encode_sequence(*(torch.as_tensor(a) for a in (users, ids, mask)))
+        for t in range(ids.shape[1]):
+            rows = np.flatnonzero(mask[:, t])  # the rows with an item at position t
+            if not len(rows):
+                continue
+            prefix = towers.encode_users(users[rows], ids[rows, : t + 1], mask[rows, : t + 1])
+            assert_close(
+                f"{what}: encode_sequence at position {t} vs forward on the prefix up to it",
+                prefix,
+                sequence[rows, t].numpy(),
+            )
 
 
 # --- losses --------------------------------------------------------------------------

@@ -112,8 +112,8 @@ def run(
             (runtime, retriever): accuracy(
                 core.search(users, histories, K, retriever=retriever)[0], targets, reference
             )
-            for runtime, core in found.items()
             for retriever in retrievers
+            for runtime, core in found.items()
         }
 
         notify(f"latency, {repeats} interleaved repetitions on {threads} thread(s)")
