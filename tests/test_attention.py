@@ -1,9 +1,10 @@
-"""The Transformer's attention: the fused inference path computes what the written-out one does."""
+"""The Transformer's attention: one fused path, equal to attention written out, with dropout on
+the attention weights in training, and an implementation an exporter may put in its place."""
 
 import pytest
 import torch
 
-from twotower.towers.attention import multi_head_attention
+from twotower.towers.attention import multi_head_attention, replaced_by
 from twotower.towers.transformer import BLOCKED, Block
 
 DIM, HEADS, LENGTH = 16, 4, 6
@@ -22,18 +23,26 @@ def full_mask(batch: int) -> torch.Tensor:
     return items & (steps.unsqueeze(1) >= steps.unsqueeze(0))
 
 
+def written_out(q, k, v, mask, causal: bool, scale: float) -> torch.Tensor:
+    """softmax(q kᵀ · scale + mask) v per head, causality as -inf on later keys."""
+    heads = [t.unflatten(-1, (HEADS, DIM // HEADS)).transpose(1, 2) for t in (q, k, v)]
+    scores = (heads[0] * scale) @ heads[1].transpose(-2, -1) + mask  # [B, H, Lq, L]
+    if causal:
+        scores = scores + torch.full((LENGTH, LENGTH), float("-inf")).triu(1)
+    return (torch.softmax(scores, dim=-1) @ heads[2]).transpose(1, 2).flatten(2)  # [B, Lq, d]
+
+
 @pytest.mark.parametrize("causal", [False, True])
 def test_fused_attention_equals_the_written_out_attention(causal):
     torch.manual_seed(0)
-    block = Block(DIM, HEADS, dropout=0.1).eval()  # eval: the dropout is the identity
     q, k, v = torch.randn(3, LENGTH, LENGTH, DIM).unbind(0)
-    mask = padding_mask(LENGTH)
-    fused = multi_head_attention(q, k, v, mask, causal, HEADS, block.scale)
-    written = block.attention_with_dropout(q, k, v, mask, causal)
+    mask, scale = padding_mask(LENGTH), (DIM // HEADS) ** -0.5
+    fused = multi_head_attention(q, k, v, mask, causal, HEADS, scale)
+    written = written_out(q, k, v, mask, causal, scale)
     assert fused.shape == (LENGTH, LENGTH, DIM)
     torch.testing.assert_close(fused, written, atol=1e-6, rtol=1e-5)
     # the last query alone sees every key, causal or not (the final block at serving time)
-    last = multi_head_attention(q[:, -1:], k, v, mask, False, HEADS, block.scale)
+    last = multi_head_attention(q[:, -1:], k, v, mask, False, HEADS, scale)
     torch.testing.assert_close(last, written[:, -1:], atol=1e-6, rtol=1e-5)
 
 
@@ -49,7 +58,29 @@ def test_causal_attention_ignores_later_keys():
     assert not torch.allclose(after[:, 3:], before[:, 3:])
 
 
-def test_a_block_in_training_with_dropout_uses_the_written_out_attention():
+def test_dropout_falls_on_the_attention_weights():
+    """With every value row equal to c, attention gives c (its weights sum to 1); dropping
+    weights gives multiples of c, 1/(1-p) times the kept weight, and c again on average."""
+    torch.manual_seed(0)
+    q, k = torch.randn(2, 4, LENGTH, DIM).unbind(0)
+    c = torch.randn(DIM)
+    v = c.expand(4, LENGTH, DIM)
+    mask, p = padding_mask(4), 0.5
+    torch.testing.assert_close(multi_head_attention(q, k, v, mask, True, HEADS, 0.5), v)
+    draws = torch.stack(
+        [multi_head_attention(q, k, v, mask, True, HEADS, 0.5, dropout_p=p) for _ in range(400)]
+    )  # [draws, B, L, d]
+    per_head = draws.unflatten(-1, (HEADS, DIM // HEADS)) / c.view(HEADS, DIM // HEADS)
+    factors = per_head[..., :1]  # one factor per (draw, row, position, head)
+    torch.testing.assert_close(per_head, factors.expand_as(per_head), atol=1e-4, rtol=1e-4)
+    assert (factors.amin() >= -1e-5) and (factors.amax() <= 1 / (1 - p) + 1e-4)
+    assert (factors < 0.999).any() and (factors > 1.001).any()  # weights were dropped
+    # unbiased: a factor averages 1 (each factor's spread is at most 1, over 400 draws 0.05)
+    assert abs(factors.mean().item() - 1.0) < 0.02
+    assert (factors.mean(dim=0) - 1.0).abs().amax() < 0.25
+
+
+def test_a_block_in_training_drops_attention_weights_reproducibly():
     torch.manual_seed(0)
     block = Block(DIM, HEADS, dropout=0.5).train()
     x, mask = torch.randn(2, LENGTH, DIM), padding_mask(2)
@@ -59,6 +90,26 @@ def test_a_block_in_training_with_dropout_uses_the_written_out_attention():
     assert torch.equal(first, block(x, mask, causal=True))  # same seed, same dropout masks
     block.eval()
     assert not torch.allclose(first, block(x, mask, causal=True))  # dropout applied in training
+    first.sum().backward()  # the fused kernel trains: gradients reach the projection
+    assert block.qkv.weight.grad is not None and block.qkv.weight.grad.abs().sum() > 0
+
+
+def test_a_replacement_serves_inference_only():
+    """An exporter's implementation is used without dropout; training keeps the fused kernel."""
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 2, LENGTH, DIM).unbind(0)
+    mask, calls = padding_mask(2), []
+
+    def replacement(q, k, v, mask, causal, num_heads, scale):
+        calls.append((causal, num_heads, scale))
+        return torch.zeros_like(q)
+
+    with replaced_by(replacement):
+        assert torch.equal(multi_head_attention(q, k, v, mask, True, HEADS, 0.5), q * 0)
+        trained = multi_head_attention(q, k, v, mask, True, HEADS, 0.5, dropout_p=0.1)
+    assert calls == [(True, HEADS, 0.5)]
+    assert trained.abs().sum() > 0
+    assert not torch.equal(multi_head_attention(q, k, v, mask, True, HEADS, 0.5), q * 0)
 
 
 @pytest.mark.parametrize("last_only", [False, True])

@@ -61,3 +61,26 @@ def test_train_and_recommend_json_end_to_end(capsys, tmp_path):
     assert {"item_id", "title", "genres", "score"} <= set(answer["items"][0])
     scores = [item["score"] for item in answer["items"]]
     assert scores == sorted(scores, reverse=True)
+
+
+def commands(parser) -> dict[str, object]:
+    """Every leaf command's parser, bench suites as ``bench <suite>``."""
+    found = {}
+    for action in parser._subparsers._group_actions:
+        for name, sub in action.choices.items():
+            if sub._subparsers is None:
+                found[name] = sub
+            else:
+                found.update({f"{name} {n}": s for n, s in commands(sub).items()})
+    return found
+
+
+def test_json_prints_json_on_every_command():
+    """``--json`` takes no value anywhere (it prints); a file is an option named as one."""
+    found = commands(build_parser())
+    assert {"fit", "evaluate", "recommend", "export", "plugins", "bench serving"} <= set(found)
+    for name, parser in found.items():
+        flags = {flag: action for action in parser._actions for flag in action.option_strings}
+        assert "--json" in flags and flags["--json"].nargs == 0, name
+        if name.startswith("bench "):
+            assert flags["--json-file"].metavar == "FILE", name

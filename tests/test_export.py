@@ -25,13 +25,10 @@ from twotower.artifacts import BUNDLE_FORMAT_VERSION
 from twotower.cli import main
 from twotower.data.padding import pad_left
 from twotower.errors import TwoTowerError
-from twotower.export import bundle as export_module
-from twotower.export.bundle import (
-    MAX_ABS_DIFF,
-    MIN_TOP10_AGREEMENT,
-    export_bundle,
-)
+from twotower.export import parity as parity_module
+from twotower.export.bundle import export_bundle
 from twotower.export.onnx import OPSET
+from twotower.export.parity import MAX_ABS_DIFF, MIN_TOP10_AGREEMENT
 from twotower.export.towers import ITEM_INPUTS, ITEM_OUTPUTS, USER_INPUTS, USER_OUTPUTS
 from twotower.serving import load_bundle
 
@@ -155,7 +152,7 @@ def test_export_passes_parity(workspace, encoder, format):
         assert artifacts.sha256_of(folder / name) == digest, name
 
     # the item vectors are the exported item tower's, equal to PyTorch's within the bound
-    model = workspace.recommender(encoder).model
+    model = workspace.recommender(encoder).towers.model
     vectors = np.load(folder / artifacts.ITEM_EMBEDDINGS, allow_pickle=False)
     assert vectors.shape == (model.num_items, manifest["embedding_dim"])
     np.testing.assert_allclose(vectors, model.catalog_vectors().numpy(), atol=MAX_ABS_DIFF)
@@ -167,7 +164,7 @@ def test_exported_towers_on_edge_histories(workspace, encoder, format):
     """The format's own runtime on all-padding, length-1 and over-long histories."""
     folder, manifest = workspace.bundle(encoder, format)
     towers = plugins.formats().get(format)().load(folder)
-    model = workspace.recommender(encoder).model
+    model = workspace.recommender(encoder).towers.model
     fixed = getattr(towers, "fixed_length", None)  # formats that pad to one history length
     rng = np.random.default_rng(1)
 
@@ -293,7 +290,7 @@ def test_onnx_graphs_check_and_take_positional_tensors(workspace):
     assert symbols["history_mask"] == [batch, length]
 
     # onnxruntime, fed positionally, at batch sizes and history lengths the example never had
-    model = workspace.recommender(ONNX_ENCODER).model
+    model = workspace.recommender(ONNX_ENCODER).towers.model
     user = ort.InferenceSession(str(folder / "user_tower.onnx"), providers=["CPUExecutionProvider"])
     item = ort.InferenceSession(str(folder / "item_tower.onnx"), providers=["CPUExecutionProvider"])
     assert len(user.get_inputs()) == 3 and len(item.get_inputs()) == 1
@@ -348,7 +345,7 @@ def test_torchscript_loads_with_plain_torch(workspace, tmp_path):
     answer = run_script(JIT_SCRIPT, request, tmp_path)
     assert answer["twotower_imported"] is False
     for folder, encoder in folders.items():
-        model = workspace.recommender(encoder).model
+        model = workspace.recommender(encoder).towers.model
         expected = eager_users(model, np.array([0, 1, 2]), np.array(history))
         np.testing.assert_allclose(answer["results"][folder]["users"], expected, atol=1e-6)
         items = model.encode_items(torch.tensor([1, 2])).detach().numpy()
@@ -360,8 +357,8 @@ def test_torchscript_loads_with_plain_torch(workspace, tmp_path):
 
 def test_int8_records_parity_instead_of_enforcing_it(workspace, tmp_path, capsys, monkeypatch):
     # bounds no graph can meet: an fp32 export fails them (next test), int8 must not care
-    monkeypatch.setattr(export_module, "MAX_ABS_DIFF", -1.0)
-    monkeypatch.setattr(export_module, "MIN_TOP10_AGREEMENT", 2.0)
+    monkeypatch.setattr(parity_module, "MAX_ABS_DIFF", -1.0)
+    monkeypatch.setattr(parity_module, "MIN_TOP10_AGREEMENT", 2.0)
     artifacts_dir = workspace.artifacts(FAST_ENCODER)
     out = tmp_path / "int8"
     code, stdout, err = run(
@@ -410,7 +407,7 @@ def test_int8_records_parity_instead_of_enforcing_it(workspace, tmp_path, capsys
 
 
 def test_fp32_parity_is_enforced(workspace, tmp_path, monkeypatch):
-    monkeypatch.setattr(export_module, "MAX_ABS_DIFF", -1.0)
+    monkeypatch.setattr(parity_module, "MAX_ABS_DIFF", -1.0)
     target = tmp_path / "bundle"
     with pytest.raises(TwoTowerError, match="export failed parity: max abs diff"):
         export_bundle(workspace.artifacts(FAST_ENCODER), target, format=FORMATS[0])

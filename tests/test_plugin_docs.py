@@ -1,8 +1,11 @@
 """Meta-tests that keep the plugin surface honest (datasette's habit).
 
 Every hookspec must have a test named after it in tests/test_plugins.py and a
-heading in docs/plugins.md whose signature matches the spec; every example
-in the docs compiles, and each hook's example runs and registers something.
+heading in docs/plugins.md whose signature matches the spec; each hook's
+section shows the Protocols of ``twotower.contracts`` as they are written,
+the hook names them in its signature, and the capability table is the one
+``contracts.CAPABILITIES`` holds; every example in the docs compiles, and
+each hook's example runs and registers something.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from twotower import api, hookspecs, plugins, testing
+from twotower import api, contracts, hookspecs, plugins, testing
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = (REPO / "docs" / "plugins.md").read_text(encoding="utf-8")
@@ -62,6 +65,37 @@ def test_every_hook_has_a_heading_with_its_signature(hook):
     )
 
 
+@pytest.mark.parametrize("hook", sorted(HOOKS))
+def test_every_hook_section_shows_its_contracts_as_written(hook):
+    _, section = documented_hooks()[hook]
+    for protocol in contracts.CONTRACTS[hook]:
+        source = inspect.getsource(protocol)
+        assert f"```python\n{source}```" in section, (
+            f"docs/plugins.md, {hook}: show contracts.{protocol.__name__} as written:\n{source}"
+        )
+
+
+@pytest.mark.parametrize("hook", sorted(HOOKS))
+def test_every_hook_names_what_it_registers(hook):
+    registered = contracts.CONTRACTS[hook][0].__name__
+    assert registered in HOOKS[hook].__annotations__["register"]
+    assert f"contracts.{registered}" in inspect.getdoc(HOOKS[hook])
+
+
+def capability_table() -> str:
+    """``contracts.CAPABILITIES`` as the Markdown table docs/plugins.md shows."""
+    rows = ["| capability | of | without it | what it is |", "| --- | --- | --- | --- |"]
+    for c in contracts.CAPABILITIES.values():
+        kinds = "every kind" if c.kinds is None else ", ".join(c.kinds)
+        rows.append(f"| `{c.name}` | {kinds.replace('_', ' ')} | `{c.default!r}` | {c.meaning} |")
+    return "\n".join(rows) + "\n"
+
+
+def test_the_capability_table_is_the_one_contracts_holds():
+    table = capability_table()
+    assert table in DOCS, f"docs/plugins.md must show the capabilities as:\n{table}"
+
+
 def test_every_documented_hook_exists():
     assert set(documented_hooks()) <= set(HOOKS)
 
@@ -72,12 +106,12 @@ def test_every_code_example_compiles():
 
 
 def run_example(hook: str) -> tuple[str, object]:
-    """Execute the first example of ``hook``'s section as a module; register it.
+    """Execute the first example (a block with a hook) of ``hook``'s section; register it.
 
     Returns the one name it registers and its component; the caller removes
     the plugin ``docs-example``.
     """
-    source = CODE.findall(documented_hooks()[hook][1])[0]
+    source = next(code for code in CODE.findall(documented_hooks()[hook][1]) if "@hookimpl" in code)
     module = types.ModuleType(f"docs_example_{hook}")
     exec(compile(source, f"docs/plugins.md, {hook}", "exec"), module.__dict__)
     plugins.add_plugin(module, "docs-example")

@@ -138,6 +138,7 @@ def test_a_plugin_that_fails_to_import_is_reported_and_the_rest_works(site, caps
     assert by_name["tt_broken_plugin"].version == "1.2.3"
     assert by_name["tt_good_plugin"].error is None
     assert by_name["tt_good_plugin"].version == "0.4.0"
+    assert by_name["tt_good_plugin"].distribution == "twotower-good"  # what pip installed
     assert by_name["tt_good_plugin"].registered == {"retrievers": ["good-exact"]}
     assert problems == []
     # everything else keeps working: the good plugin and every built-in
@@ -147,9 +148,11 @@ def test_a_plugin_that_fails_to_import_is_reported_and_the_rest_works(site, caps
     shown = {p["name"]: p for p in plugins_json(capsys)["plugins"]}
     assert set(shown) == {"tt_broken_plugin", "tt_good_plugin"}  # built-ins need --all
     assert "boom" in shown["tt_broken_plugin"]["error"]
+    assert shown["tt_broken_plugin"]["distribution"] == "twotower-broken"
     assert main(["plugins"]) == 0
     table = capsys.readouterr().out
     assert "tt_broken_plugin" in table and "failed: RuntimeError" in table
+    assert "twotower-good" in table and "0.4.0" in table
     assert "twotower.builtins.losses" in {
         p["name"] for p in plugins_json(capsys, "--all")["plugins"]
     }

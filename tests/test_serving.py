@@ -120,6 +120,45 @@ def test_recommend_equals_pytorch(bundles, recommender, users, retriever, exclud
         np.testing.assert_allclose(scores(got), scores(expected), atol=1e-5)
 
 
+def test_both_entry_points_have_the_same_defaults(trained, bundle_dir, recommender):
+    """One core: the fit's retriever setting is the default of both, and both open it."""
+    bundle = load_bundle(bundle_dir)
+    assert recommender.config.retriever == bundle.config.retriever == "exact"
+    assert recommender.default_retriever == bundle.default_retriever == "exact"
+    assert type(recommender.retriever()) is type(bundle.retriever())
+    for name in RETRIEVERS:
+        assert load(trained, retriever=name).default_retriever == name
+        assert load_bundle(bundle_dir, retriever=name).default_retriever == name
+    user = recommender.user_ids[0]
+    assert ids(bundle.recommend(user)) == ids(recommender.recommend(user))
+
+
+@pytest.mark.parametrize("retriever", RETRIEVERS)
+def test_both_entry_points_answer_batches_and_histories_alike(
+    bundles, recommender, users, retriever
+):
+    """Batch and anonymous-history queries through PyTorch equal those through the bundle."""
+    bundle = bundles[retriever]
+    got = bundle.recommend_batch(users, k=10)
+    expected = recommender.recommend_batch(users, k=10, retriever=retriever)
+    assert [ids(row) for row in got] == [ids(row) for row in expected]
+    np.testing.assert_allclose(
+        [scores(row) for row in got], [scores(row) for row in expected], atol=1e-5
+    )
+    for history in ([], recommender.histories[users[1]][:3], recommender.histories[users[2]]):
+        for exclude_seen in (True, False):
+            got = bundle.recommend_history(history, k=10, exclude_seen=exclude_seen)
+            expected = recommender.recommend_history(
+                history, k=10, exclude_seen=exclude_seen, retriever=retriever
+            )
+            assert ids(got) == ids(expected)
+            np.testing.assert_allclose(scores(got), scores(expected), atol=1e-5)
+    # a query may name another retriever than the default; exact gives the same here
+    assert ids(bundle.recommend(users[0], retriever="exact")) == ids(
+        recommender.recommend(users[0], retriever="exact")
+    )
+
+
 @pytest.mark.parametrize("retriever", RETRIEVERS)
 def test_batch_equals_one_by_one(bundles, users, retriever):
     bundle = bundles[retriever]
@@ -209,7 +248,7 @@ def test_recommend_history_equals_the_cold_user_in_pytorch(bundles, recommender,
         indexes = np.array([recommender.item_index[i] for i in history])
         ids_, mask = pad_left([indexes], recommender.config.max_history_len)
         with torch.no_grad():
-            vector = recommender.model.encode_users(
+            vector = recommender.towers.model.encode_users(
                 torch.tensor([0]), torch.as_tensor(ids_), torch.as_tensor(mask)
             ).numpy()
         scores_ = (vector @ recommender.item_vectors.T)[0]
@@ -252,9 +291,16 @@ def test_request_edges(bundles, recommender, users, retriever):
         bundle.recommend_batch(users[0])
 
 
-def test_pytorch_path_takes_a_huge_k(recommender, users):
+def test_pytorch_path_takes_the_same_requests(recommender, users):
     unseen = NUM_ITEMS - len(set(recommender.histories[users[0]]))
     assert len(recommender.recommend(users[0], k=10**12)) == unseen
+    assert recommender.recommend_batch([]) == []
+    with pytest.raises(TwoTowerError, match="unknown user id 'nobody'"):
+        recommender.recommend_batch([users[0], "nobody"])
+    with pytest.raises(TwoTowerError, match="item_ids must be a list of ids, not str '50'"):
+        recommender.recommend_history("50")
+    with pytest.raises(TwoTowerError, match="unknown retriever 'annoy'"):
+        recommender.recommend(users[0], retriever="annoy")
 
 
 # --- the CLI -----------------------------------------------------------------------------

@@ -3,16 +3,18 @@ catches the breakage it promises to catch (on small broken components)."""
 
 from __future__ import annotations
 
+import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from twotower import plugins, testing
-from twotower.export.torchscript import TorchScriptFormat, TorchTowers
+from twotower.export.torchscript import TorchScriptFormat
 from twotower.losses import InBatchSoftmax
 from twotower.retrievers.exact import FILE, ExactRetriever
 from twotower.towers.mean import MeanEncoder
+from twotower.towers.runtime import TorchTowers
 
 
 @pytest.mark.parametrize("name", plugins.user_encoders().names())
@@ -51,6 +53,19 @@ def test_check_user_encoder_catches_a_non_finite_cold_user():
     with pytest.raises(AssertionError, match="cold user gets a non-finite vector"):
         testing.check_user_encoder(ColdUserNaN)
     assert "checked-ColdUserNaN" not in plugins.user_encoders()  # registered for the check only
+
+
+class Peeking(MeanEncoder):
+    """Claims sequence mode but gives every position the whole history's vector."""
+
+    def encode_sequence(self, user_ids, history, history_mask):
+        whole = self.forward(user_ids, history, history_mask)  # [B, d]
+        return whole.unsqueeze(1).expand(-1, history.shape[1], -1)
+
+
+def test_check_user_encoder_catches_a_sequence_mode_that_sees_the_future():
+    with pytest.raises(AssertionError, match=r"encode_sequence at position \d+ vs forward"):
+        testing.check_user_encoder(Peeking)
 
 
 class Ascending(InBatchSoftmax):
@@ -124,6 +139,42 @@ class Shifted(TorchTowers):
 def test_check_format_catches_drifting_towers():
     with pytest.raises(AssertionError, match=r"user tower.*max abs diff"):
         testing.check_format(Drifting)
+
+
+class WithoutSave:
+    """Searches, but cannot save its index."""
+
+    build, load, search = ExactRetriever.build, ExactRetriever.load, ExactRetriever.search
+
+
+def test_check_retriever_names_what_the_contract_lacks():
+    with pytest.raises(AssertionError, match=r"lacks save of contracts\.Retriever"):
+        testing.check_retriever(WithoutSave)
+
+
+class PromisesInt4(TorchScriptFormat):
+    quantizations = ("int4",)  # a capability without its quantize()
+
+
+class Ungraphed(TorchScriptFormat):
+    """Loads towers that cannot describe their graphs."""
+
+    def load(self, bundle_dir, threads=1):
+        towers = super().load(bundle_dir, threads)
+        return types.SimpleNamespace(
+            encode_users=towers.encode_users, encode_items=towers.encode_items
+        )
+
+
+def test_check_format_holds_formats_to_their_contract_and_capabilities():
+    with pytest.raises(
+        AssertionError, match=r"offers quantizations \['int4'\] but has no quantize"
+    ):
+        testing.check_format(PromisesInt4)
+    with pytest.raises(
+        AssertionError, match=r"what load\(\) returns: lacks graphs of contracts\.Towers"
+    ):
+        testing.check_format(Ungraphed)
 
 
 def test_tiny_fixture_is_small():

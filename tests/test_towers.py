@@ -1,4 +1,5 @@
-"""The towers' contract: shapes, normalisation, cold users, and sequence == prefix encoding."""
+"""The towers: shapes, normalisation, cold users, and the runtime that wraps torch modules
+(sequence == prefix encoding is ``twotower.testing.check_user_encoder``'s)."""
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ from twotower import plugins
 from twotower.config import TwoTowerConfig
 from twotower.data.padding import pad_left
 from twotower.towers.model import TwoTowerModel
+from twotower.towers.runtime import ModelTowers, TorchTowers
 
 ENCODERS = plugins.user_encoders().names()
 HISTORIES = [np.array([3, 4, 5, 6, 7]), np.array([9]), np.arange(1, 13)]  # 12 > max_len 8
@@ -62,25 +64,6 @@ def test_padding_width_does_not_change_a_user_vector(encoder):
     assert torch.allclose(alone[0], batched[0], atol=1e-6)
 
 
-@pytest.mark.parametrize("encoder", ENCODERS)
-def test_encode_sequence_equals_encoding_each_prefix(encoder):
-    """Sequence training is only honest if position t sees exactly the prefix up to t."""
-    model = make_model(encoder).eval()
-    if not hasattr(model.user_tower, "encode_sequence"):
-        pytest.skip(f"{encoder} has no sequence mode")
-    ids, mask = pad_left(HISTORIES[:2], 8)
-    users = torch.tensor([1, 2])
-    with torch.no_grad():
-        sequence = model.user_tower.encode_sequence(
-            users, torch.as_tensor(ids), torch.as_tensor(mask)
-        )
-    for row, history in enumerate(HISTORIES[:2]):
-        for t in range(1, len(history) + 1):
-            expected = encode(model, [row + 1], [history[:t]])[0]
-            position = ids.shape[1] - len(history) + t - 1
-            assert torch.allclose(sequence[row, position], expected, atol=1e-5), (row, t)
-
-
 def test_unnormalised_towers_keep_their_norms():
     model = make_model("transformer", normalize=False).eval()
     items = model.catalog_vectors()
@@ -114,3 +97,36 @@ def test_temperature_is_clamped():
     with torch.no_grad():
         model.log_temperature.fill_(10.0)
     assert model.temperature.item() == pytest.approx(0.5)
+
+
+class ThreadCount(torch.nn.Module):
+    """Answers with the number of threads torch computes on during the call."""
+
+    def forward(self, *inputs):
+        return torch.full((len(inputs[0]), 1), float(torch.get_num_threads()))
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_torch_runtimes_compute_on_their_threads_and_restore_the_process_count(threads):
+    before = torch.get_num_threads()
+    towers = TorchTowers(ThreadCount(), ThreadCount(), threads)
+    users, history = np.array([1, 2]), np.ones((2, 3), dtype=np.int64)
+    assert towers.encode_users(users, history, history != 0).tolist() == [[threads]] * 2
+    assert towers.encode_items(np.array([1])).tolist() == [[threads]]
+    assert torch.get_num_threads() == before
+    unpinned = TorchTowers(ThreadCount(), ThreadCount())  # None: torch's own count
+    assert unpinned.encode_items(np.array([1])).tolist() == [[before]]
+
+
+def test_model_towers_give_the_model_s_vectors():
+    model = make_model(ENCODERS[0]).eval()
+    towers = ModelTowers(model, threads=1)
+    ids, mask = pad_left(HISTORIES, model.max_history_len)
+    np.testing.assert_array_equal(
+        towers.encode_users(np.array([1, 2, 0]), ids, mask),
+        encode(model, [1, 2, 0], HISTORIES).numpy(),
+    )
+    with torch.no_grad():
+        expected = model.encode_items(torch.arange(1, 21)).numpy()
+    np.testing.assert_array_equal(towers.encode_items(np.arange(1, 21)), expected)
+    assert towers.model is model

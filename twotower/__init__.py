@@ -11,9 +11,9 @@ __version__ = "0.1.0"
 from .config import TwoTowerConfig
 from .errors import TwoTowerError
 
-_API = {"fit", "evaluate", "load", "FitResult", "Recommender"}
+_API = {"fit", "evaluate", "load", "FitResult"}
 
-__all__ = ["TwoTowerConfig", "TwoTowerError", "__version__", *sorted(_API)]
+__all__ = ["Recommender", "TwoTowerConfig", "TwoTowerError", "__version__", *sorted(_API)]
 
 
 def __getattr__(name: str) -> Any:
@@ -21,4 +21,8 @@ def __getattr__(name: str) -> Any:
         from . import api
 
         return getattr(api, name)
+    if name == "Recommender":  # the torch-free core
+        from .recommendation import Recommender
+
+        return Recommender
     raise AttributeError(f"module 'twotower' has no attribute {name!r}")

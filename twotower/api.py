@@ -6,7 +6,6 @@ The CLI only parses flags, calls these and renders the results.
 from __future__ import annotations
 
 import json
-import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,17 +18,15 @@ from . import artifacts as files
 from . import plugins
 from .config import TwoTowerConfig
 from .data.dataset import Dataset
-from .data.padding import pad_left
 from .data.split import Split, make_split
 from .errors import TwoTowerError
 from .evaluation import evaluate_model, evaluate_popularity
 from .progress import TrainingProgress
-from .recommendation import Recommendation, check_k, ranked, require_finite, unknown_user
+from .recommendation import Recommender, prebuilt_indexes, saved_config
 from .towers.model import TwoTowerModel
+from .towers.runtime import ModelTowers
 from .train import train
 from .validation import validate
-
-log = logging.getLogger("twotower")
 
 
 @dataclass
@@ -118,10 +115,9 @@ def fit(config: TwoTowerConfig, progress: bool = True) -> FitResult:
 def write_artifacts(folder, config, split, model, train_log, test, popularity) -> None:
     """Write every artifact into the staging ``folder`` (see artifacts.staged_folder)."""
     vectors = model.catalog_vectors().cpu().numpy()
-    # the native index before any file: a crash inside it leaves an empty staging folder,
+    # native indexes before any file: a crash inside one leaves an empty staging folder,
     # which the next run writing this target removes
-    options = plugins.component_options(config, "hnsw")
-    index = plugins.retrievers().get("hnsw").build(vectors, **options)
+    indexes = prebuilt_indexes(vectors, config)
     torch.save(
         {
             "state_dict": model.state_dict(),
@@ -133,7 +129,8 @@ def write_artifacts(folder, config, split, model, train_log, test, popularity) -
     )
     files.write_json(folder / files.CONFIG, config.to_dict())
     files.save_array(folder / files.ITEM_EMBEDDINGS, vectors)
-    index.save(folder)
+    for index in indexes:
+        index.save(folder)
     files.write_json(folder / files.MAPPINGS, {"users": split.user_ids, "items": split.item_ids})
     items = [
         {"item_id": item, "title": title, "genres": genres}
@@ -163,78 +160,18 @@ def load_model(folder: Path, config: TwoTowerConfig) -> TwoTowerModel:
     return model.eval()
 
 
-class Recommender:
-    """A trained model loaded from its artifacts folder, ready to recommend."""
+def load(artifacts_dir: str | Path, retriever: str | None = None, threads: int = 1) -> Recommender:
+    """The recommendation core over a trained model's PyTorch towers (checksums verified).
 
-    def __init__(self, folder: Path):
-        self.folder = Path(folder)
-        self.manifest = files.read_manifest(self.folder)
-        source = self.folder / files.CONFIG
-        self.config = TwoTowerConfig.from_dict(files.read_json(self.folder, files.CONFIG), source)
-        self.model = load_model(self.folder, self.config)
-        mappings = files.read_json(self.folder, files.MAPPINGS)
-        self.user_ids: list[str] = mappings["users"]
-        self.item_ids: list[str] = mappings["items"]
-        self.user_index = {user: i + 1 for i, user in enumerate(self.user_ids)}
-        self.item_index = {item: i + 1 for i, item in enumerate(self.item_ids)}
-        self.items = files.read_json(self.folder, files.ITEMS)["items"]
-        self.histories: dict[str, list[str]] = files.read_json(self.folder, files.USER_HISTORIES)
-        self.item_vectors = files.load_array(self.folder, files.ITEM_EMBEDDINGS)
-        self._retrievers: dict[str, Any] = {}
-
-    def retriever(self, name: str):
-        """The named retriever over the item vectors: its saved index, else built in memory."""
-        if name not in self._retrievers:
-            cls = plugins.retrievers().get(name)
-            try:
-                index = cls.load(self.folder)
-            except FileNotFoundError:
-                if name == "hnsw":
-                    log.warning("HNSW index missing in %s; using exact search", self.folder)
-                    return self.retriever("exact")
-                options = plugins.component_options(self.config, name)
-                index = cls.build(self.item_vectors, **options)
-            self._retrievers[name] = index
-        return self._retrievers[name]
-
-    def test_queries(self) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
-        """Every user's test query (PROTOCOL.md): user indexes, histories without the last
-        item (item indexes), and that last item as a catalog row."""
-        users, histories, targets = [], [], []
-        for user_id, items in self.histories.items():
-            indexes = np.array([self.item_index[i] for i in items], dtype=np.int64)
-            users.append(self.user_index[user_id])
-            histories.append(indexes[:-1])
-            targets.append(indexes[-1] - 1)
-        return np.array(users, dtype=np.int64), histories, np.array(targets, dtype=np.int64)
-
-    @torch.no_grad()
-    def user_vector(self, user_id: str) -> np.ndarray:
-        user = self.user_index.get(str(user_id))
-        if user is None:
-            raise unknown_user(str(user_id), self.user_ids)
-        history = np.array([self.item_index[i] for i in self.histories[str(user_id)]])
-        ids, mask = pad_left([history], self.config.max_history_len)
-        vector = self.model.encode_users(
-            torch.tensor([user]), torch.as_tensor(ids), torch.as_tensor(mask)
-        )
-        return vector.numpy()
-
-    def recommend(
-        self, user_id: str, k: int = 10, exclude_seen: bool = True, retriever: str | None = None
-    ) -> list[Recommendation]:
-        """Top-``k`` items for a known user, best first."""
-        k = check_k(k, len(self.item_ids))
-        query = require_finite(self.user_vector(user_id))
-        seen = [self.item_index[i] - 1 for i in self.histories[str(user_id)]]
-        index = self.retriever(retriever or self.config.retriever)
-        ids, scores = index.search(query, k, exclude=[seen] if exclude_seen else None)
-        return ranked(ids[0], scores[0], self.item_ids, self.items)
-
-
-def load(artifacts_dir: str | Path) -> Recommender:
-    """Load a trained model from its artifacts folder (checksums verified)."""
-    return Recommender(Path(artifacts_dir))
+    The same core, defaults and options as ``serving.load_bundle``: ``retriever``
+    defaults to the fit's ``retriever`` setting, the user tower computes on
+    ``threads`` threads; ``recommender.towers.model`` is the ``TwoTowerModel``.
+    """
+    folder = Path(artifacts_dir)
+    manifest = files.read_manifest(folder)
+    config = saved_config(folder)
+    towers = ModelTowers(load_model(folder, config), threads)
+    return Recommender(folder, manifest, config, towers, retriever)
 
 
 def evaluate(
@@ -269,7 +206,7 @@ def evaluate(
             f"{recommender.manifest['data_sha256'][:12]}); point evaluate at that data"
         )
     metrics = {
-        "model": evaluate_model(recommender.model, split, "test", config),
+        "model": evaluate_model(recommender.towers.model, split, "test", config),
         "popularity": evaluate_popularity(split, "test", config),
     }
     metrics["mask_seen"] = config.mask_seen

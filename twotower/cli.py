@@ -73,6 +73,17 @@ def registry_choices(kind: str) -> list[str] | None:
         return None
 
 
+def quantization_choices() -> list[str] | None:
+    """The schemes some format offers for ``export --quantize``; None as ``registry_choices``."""
+    from .export.bundle import offered_quantizations
+
+    try:
+        offered = offered_quantizations()
+    except TwoTowerError:
+        return None
+    return sorted({scheme for schemes in offered.values() for scheme in schemes})
+
+
 def add_config_flags(parser: argparse.ArgumentParser, only: Sequence[str] | None = None) -> None:
     hints = typing.get_type_hints(TwoTowerConfig)
     defaults = TwoTowerConfig()
@@ -235,19 +246,16 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_recommend(args: argparse.Namespace) -> None:
     config = resolve_config(args)
-    retriever = given_settings(args).get("retriever")
+    retriever = given_settings(args).get("retriever")  # else the fit's own setting
     if args.bundle:
         from .serving import load_bundle
 
-        bundle = load_bundle(args.bundle, retriever=retriever or "hnsw")
-        items = bundle.recommend(str(args.user_id), k=args.k, exclude_seen=args.exclude_seen)
+        recommender = load_bundle(args.bundle, retriever)
     else:
         from .api import load
 
-        recommender = load(config.resolved_artifacts_dir)
-        items = recommender.recommend(
-            str(args.user_id), k=args.k, exclude_seen=args.exclude_seen, retriever=retriever
-        )
+        recommender = load(config.resolved_artifacts_dir, retriever)
+    items = recommender.recommend(str(args.user_id), k=args.k, exclude_seen=args.exclude_seen)
     output = {"user_id": str(args.user_id), "items": [item.to_dict() for item in items]}
     if args.json:
         print_json(output)
@@ -415,7 +423,8 @@ def cmd_plugins(args: argparse.Namespace) -> None:
         print_json({"plugins": [dataclasses.asdict(info) for info in shown], "problems": problems})
         return
     table = Table(title="twotower plugins")
-    for column in ("plugin", "version", "registers", "status"):
+    table.add_column("plugin (package version)", no_wrap=True)
+    for column in ("registers", "status"):
         table.add_column(column)
     for info in shown:
         registers = "\n".join(
@@ -424,7 +433,8 @@ def cmd_plugins(args: argparse.Namespace) -> None:
             if names
         )
         status = f"[red]failed: {info.error}[/red]" if info.error else "ok"
-        table.add_row(info.name, info.version, registers or "-", status)
+        package = f"{escape(info.distribution or '-')} {escape(info.version)}"
+        table.add_row(f"{escape(info.name)}\n[dim]{package}[/dim]", registers or "-", status)
     console.print(table)
     if not args.all:
         console.print("[dim]built-in plugins hidden; --all shows them[/dim]")
@@ -482,7 +492,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--out", type=Path, help="bundle folder (default: exports/<name>/)")
     export.add_argument(
-        "--quantize", choices=["int8"], help="dynamic int8 quantization of the ONNX towers"
+        "--quantize",
+        choices=quantization_choices(),
+        help="quantize the exported towers, for the formats that offer it (onnx: int8)",
     )
     export.add_argument("--json", action="store_true", help="print the parity report as JSON")
 

@@ -44,11 +44,16 @@ KINDS = {
 
 @dataclass
 class PluginInfo:
-    """One loaded (or failed) plugin, as `twotower plugins` shows it."""
+    """One loaded (or failed) plugin, as `twotower plugins` shows it.
+
+    ``name`` is the entry-point name (what ``TWOTOWER_PLUGINS`` lists),
+    ``distribution`` the package that provides it (what ``pip install`` took).
+    """
 
     name: str
     version: str
     builtin: bool
+    distribution: str | None = None
     error: str | None = None
     registered: dict[str, list[str]] = field(default_factory=dict)
 
@@ -69,7 +74,7 @@ def get_manager() -> Manager:
 
     for module_name in DEFAULT_PLUGINS:
         pm.register(importlib.import_module(module_name), module_name)
-        plugins[module_name] = PluginInfo(module_name, __version__, builtin=True)
+        plugins[module_name] = PluginInfo(module_name, __version__, True, "twotower")
     pm.check_pending()
 
     allowed = os.environ.get("TWOTOWER_PLUGINS")
@@ -78,12 +83,13 @@ def get_manager() -> Manager:
         if allowed_names is not None and ep.name not in allowed_names:
             continue
         version = ep.dist.version if ep.dist else "?"
+        distribution = ep.dist.name if ep.dist else None
         if ep.name in plugins:  # two distributions claim one name: keep the first
-            where = f"{ep.name} ({ep.dist.name if ep.dist else ep.value})"
-            plugins[where] = PluginInfo(where, version, builtin=False)
+            where = f"{ep.name} ({distribution or ep.value})"
+            plugins[where] = PluginInfo(where, version, False, distribution)
             _report_failure(plugins, where, f"plugin name {ep.name!r} is already taken")
             continue
-        plugins[ep.name] = PluginInfo(ep.name, version, builtin=False)
+        plugins[ep.name] = PluginInfo(ep.name, version, False, distribution)
         try:
             _register(pm, ep.load(), ep.name)
         except Exception as exc:  # a broken plugin must not break the rest

@@ -1,15 +1,31 @@
-"""What a recommendation is, shared by the PyTorch path and the torch-free runtime."""
+"""The recommendation core, torch-free: one path from a user to ranked items, over any towers.
+
+``twotower.load(artifacts)`` puts it over a trained model's PyTorch towers,
+``twotower.serving.load_bundle(bundle)`` over an exported format's runtime.
+Only how users are encoded differs between the two; which users and items
+exist, what each user has seen, which retriever answers with which options,
+and how results are ranked are all here, so both give the same answers.
+"""
 
 from __future__ import annotations
 
 import numbers
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from . import artifacts as files
+from . import plugins
+from .config import TwoTowerConfig
+from .contracts import Retriever, Towers, capability
+from .data.padding import pad_left
 from .errors import TwoTowerError
+
+BATCH = 256  # histories encoded in one call of the user tower
 
 
 @dataclass(frozen=True)
@@ -24,21 +40,216 @@ class Recommendation:
         return asdict(self)
 
 
-def ranked(
-    rows: Sequence[int], scores: Sequence[float], item_ids: list[str], items: list[dict[str, Any]]
-) -> list[Recommendation]:
-    """One query's search result (catalog rows, best first; -1 = no item) as recommendations."""
+class Recommender:
+    """Top-K items for a known user, a batch of them, or an anonymous history.
+
+    ``folder`` is an artifacts folder or a bundle whose ``manifest`` has been
+    verified: it holds the id maps, item metadata, histories and item vectors.
+    ``towers`` encodes users (``contracts.Towers``). ``retriever`` is the
+    default search backend (the fit's ``retriever`` setting when None); any
+    query may name another. A retriever is the folder's saved index when it
+    has one, else one built from the item vectors with its options (the
+    config's ``<name>_*`` settings), once, on first use.
+
+    Every method may be called from many threads at once.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        manifest: dict[str, Any],
+        config: TwoTowerConfig,
+        towers: Towers,
+        retriever: str | None = None,
+    ):
+        self.folder = Path(folder)
+        self.manifest = manifest
+        self.config = config
+        self.towers = towers
+        self.max_history_len = config.max_history_len
+        mappings = files.read_json(self.folder, files.MAPPINGS)
+        self.user_ids: list[str] = mappings["users"]
+        self.item_ids: list[str] = mappings["items"]
+        self.user_index = {user: i + 1 for i, user in enumerate(self.user_ids)}
+        self.item_index = {item: i + 1 for i, item in enumerate(self.item_ids)}
+        self.items = files.read_json(self.folder, files.ITEMS)["items"]
+        self.histories: dict[str, list[str]] = files.read_json(self.folder, files.USER_HISTORIES)
+        self.history_indexes = {
+            user: np.array([self.item_index[i] for i in items], dtype=np.int64)
+            for user, items in self.histories.items()
+        }
+        self.item_vectors = files.load_array(self.folder, files.ITEM_EMBEDDINGS)
+        self.default_retriever = retriever or config.retriever
+        self._retrievers: dict[str, Retriever] = {}
+        self._opening = threading.Lock()
+        self.retriever()  # a bad name or index fails now, not at the first query
+
+    def retriever(self, name: str | None = None) -> Retriever:
+        """The named retriever (the default one when None), opened on first use."""
+        name = name or self.default_retriever
+        index = self._retrievers.get(name)
+        if index is None:
+            with self._opening:
+                if name not in self._retrievers:
+                    self._retrievers[name] = open_retriever(
+                        name, self.folder, self.item_vectors, self.config
+                    )
+                index = self._retrievers[name]
+        return index
+
+    def encode(self, users: Sequence[int], histories: Sequence[np.ndarray]) -> np.ndarray:
+        """User vectors of ``(users[r], histories[r])`` (user and item indexes)."""
+        return encode_histories(self.towers, users, histories, self.max_history_len)
+
+    def search(
+        self,
+        users: Sequence[int],
+        histories: Sequence[np.ndarray],
+        k: int,
+        exclude_seen: bool = True,
+        retriever: str | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Catalog rows and scores ``[Q, k]``, best first (-1 past the last item)."""
+        vectors = require_finite(self.encode(users, histories))
+        return top_k(self.retriever(retriever), vectors, histories, k, exclude_seen)
+
+    def recommend(
+        self, user_id: Any, k: int = 10, exclude_seen: bool = True, retriever: str | None = None
+    ) -> list[Recommendation]:
+        """Top-``k`` items for a known user, conditioned on the user's whole history."""
+        return self.recommend_batch([user_id], k, exclude_seen, retriever)[0]
+
+    def recommend_batch(
+        self,
+        user_ids: Sequence[Any],
+        k: int = 10,
+        exclude_seen: bool = True,
+        retriever: str | None = None,
+    ) -> list[list[Recommendation]]:
+        """``recommend`` for many users in one pass through the user tower (none: no lists)."""
+        users = [self.known_user(u) for u in id_list(user_ids, "user_ids")]
+        histories = [self.history_indexes[self.user_ids[u - 1]] for u in users]
+        return self.ranked_lists(users, histories, k, exclude_seen, retriever)
+
+    def recommend_history(
+        self,
+        item_ids: Sequence[Any],
+        k: int = 10,
+        exclude_seen: bool = True,
+        retriever: str | None = None,
+    ) -> list[Recommendation]:
+        """Top-``k`` items for an anonymous user (user index 0) given raw item ids, oldest first."""
+        item_ids = id_list(item_ids, "item_ids")
+        unknown = [i for i in item_ids if i not in self.item_index]
+        if unknown:
+            raise TwoTowerError(f"unknown item id(s): {', '.join(unknown[:5])}")
+        history = np.array([self.item_index[i] for i in item_ids], dtype=np.int64)
+        return self.ranked_lists([0], [history], k, exclude_seen, retriever)[0]
+
+    def known_user(self, user_id: Any) -> int:
+        index = self.user_index.get(str(user_id))
+        if index is None:
+            sample = ", ".join(self.user_ids[:3])
+            raise TwoTowerError(
+                f"unknown user id {str(user_id)!r} ({len(self.user_ids)} known users, "
+                f"e.g. {sample})"
+            )
+        return index
+
+    def ranked_lists(self, users, histories, k, exclude_seen, retriever):
+        """One list of recommendations per query; none for no queries."""
+        k = check_k(k, len(self.item_ids))
+        if not users:
+            return []
+        ids, scores = self.search(users, histories, k, exclude_seen, retriever)
+        return [self.ranked(row, row_scores) for row, row_scores in zip(ids, scores, strict=True)]
+
+    def ranked(self, rows: Sequence[int], scores: Sequence[float]) -> list[Recommendation]:
+        """One query's search result (catalog rows, best first; -1 = no item)."""
+        return [
+            Recommendation(
+                rank=rank,
+                item_id=self.item_ids[row],
+                title=self.items[row]["title"],
+                genres=self.items[row]["genres"],
+                score=float(score),
+            )
+            for rank, (row, score) in enumerate(zip(rows, scores, strict=True), start=1)
+            if row >= 0
+        ]
+
+    def test_queries(self) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+        """Every user's test query (PROTOCOL.md): user indexes, histories without the last
+        item (item indexes), and that last item as a catalog row."""
+        users, histories, targets = [], [], []
+        for user_id, indexes in self.history_indexes.items():
+            users.append(self.user_index[user_id])
+            histories.append(indexes[:-1])
+            targets.append(indexes[-1] - 1)
+        return np.array(users, dtype=np.int64), histories, np.array(targets, dtype=np.int64)
+
+
+# --- what the core, export parity and the bench share ------------------------------------
+
+
+def saved_config(folder: Path) -> TwoTowerConfig:
+    """The ``TwoTowerConfig`` a folder was fitted with (artifacts and bundles both hold it)."""
+    path = Path(folder) / files.CONFIG
+    return TwoTowerConfig.from_dict(files.read_json(folder, files.CONFIG), str(path))
+
+
+def open_retriever(
+    name: str, folder: Path, item_vectors: np.ndarray, config: TwoTowerConfig
+) -> Retriever:
+    """Retriever ``name``'s index saved in ``folder``, else one built with its options."""
+    cls = plugins.retrievers().get(name)
+    try:
+        return cls.load(folder)
+    except FileNotFoundError:
+        return cls.build(item_vectors, **plugins.component_options(config, name))
+
+
+def prebuilt_indexes(item_vectors: np.ndarray, config: TwoTowerConfig) -> list[Retriever]:
+    """An index for every retriever that asks to be built ahead (``prebuilt``), with its
+    options: fit and export save them with the folder, so loading never waits for a build."""
+    registry = plugins.retrievers()
     return [
-        Recommendation(
-            rank=rank,
-            item_id=item_ids[row],
-            title=items[row]["title"],
-            genres=items[row]["genres"],
-            score=float(score),
-        )
-        for rank, (row, score) in enumerate(zip(rows, scores, strict=True), start=1)
-        if row >= 0
+        registry.get(name).build(item_vectors, **plugins.component_options(config, name))
+        for name in registry.names()
+        if capability(registry.get(name), "prebuilt")
     ]
+
+
+def encode_histories(
+    towers: Towers,
+    users: Sequence[int],
+    histories: Sequence[np.ndarray],
+    max_len: int,
+    batch: int = BATCH,
+) -> np.ndarray:
+    """User vectors ``[Q, d]`` of ``(users[r], histories[r])``, ``batch`` at a time.
+
+    Each history keeps its last ``max_len`` items, left-padded to the longest
+    in its batch.
+    """
+    users = np.asarray(users, dtype=np.int64)
+    parts = []
+    for start in range(0, len(users), batch):
+        ids, mask = pad_left(list(histories[start : start + batch]), max_len)
+        parts.append(towers.encode_users(users[start : start + batch], ids, mask))
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)  # one batch: no copy
+
+
+def top_k(
+    index: Retriever,
+    vectors: np.ndarray,
+    histories: Sequence[np.ndarray],
+    k: int,
+    exclude_seen: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``index``'s top ``k`` for each vector, its history's items left out unless asked."""
+    exclude = [history - 1 for history in histories] if exclude_seen else None
+    return index.search(vectors, k, exclude=exclude)
 
 
 def check_k(k: int, catalog_size: int) -> int:
@@ -53,11 +264,6 @@ def id_list(ids: Any, what: str) -> list[str]:
     if isinstance(ids, str | bytes) or not isinstance(ids, Iterable):
         raise TwoTowerError(f"{what} must be a list of ids, not {type(ids).__name__} {ids!r}")
     return [str(i) for i in ids]
-
-
-def unknown_user(user_id: str, known: list[str]) -> TwoTowerError:
-    sample = ", ".join(known[:3])
-    return TwoTowerError(f"unknown user id {user_id!r} ({len(known)} known users, e.g. {sample})")
 
 
 def require_finite(vectors: np.ndarray) -> np.ndarray:

@@ -35,13 +35,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import plugins
+from . import contracts, plugins
 from .config import TwoTowerConfig
 from .data.padding import pad_left
 from .data.split import Split, make_split
 from .hookspecs import hookimpl
 from .losses import TrainBatch
+from .metrics import overlap_at_k
 from .towers.model import TwoTowerModel
+from .towers.runtime import ModelTowers
 
 MAX_ABS_DIFF = 1e-5  # exported towers against PyTorch, as `twotower export` demands
 MIN_RECALL = 0.9  # an approximate retriever's Recall@10 against exact search
@@ -137,9 +139,13 @@ def tiny_model(user_encoder: str = "transformer") -> TwoTowerModel:
 # --- comparisons -----------------------------------------------------------------
 
 
-def torch_users(model: TwoTowerModel, batch: Batch) -> np.ndarray:
-    with torch.no_grad():
-        return model.encode_users(*(torch.as_tensor(part) for part in batch)).numpy()
+def conforms(what: str, component: Any, protocol: type) -> None:
+    """``component`` has every method of ``protocol`` (``twotower.contracts``)."""
+    lacking = contracts.missing(component, protocol)
+    assert not lacking, (
+        f"{what}: lacks {', '.join(lacking)} of contracts.{protocol.__name__} "
+        f"({', '.join(contracts.members(protocol))})"
+    )
 
 
 def assert_vectors(what: str, vectors: Any, rows: int, dim: int) -> None:
@@ -157,17 +163,17 @@ def assert_close(what: str, expected: np.ndarray, actual: np.ndarray) -> None:
 def assert_towers_match(what: str, model: TwoTowerModel, towers: Any, items: bool) -> None:
     """Exported ``towers`` give the PyTorch model's user (and item) vectors."""
     dim = int(model.catalog_vectors().shape[1])
+    reference = ModelTowers(model)
     for number, batch in enumerate(history_batches(tiny_split(), model.max_history_len), 1):
         shape = f"batch {number} ({batch[1].shape[0]} rows, width {batch[1].shape[1]})"
         exported = towers.encode_users(*batch)
         assert_vectors(f"{what}: user tower, {shape}", exported, len(batch[0]), dim)
-        assert_close(f"{what}: user tower, {shape}", torch_users(model, batch), exported)
+        assert_close(f"{what}: user tower, {shape}", reference.encode_users(*batch), exported)
     if items:
         for ids in (np.arange(1, model.num_items + 1), np.array([3, 1])):
             exported = towers.encode_items(ids)
             assert_vectors(f"{what}: item tower, {len(ids)} items", exported, len(ids), dim)
-            with torch.no_grad():
-                expected = model.encode_items(torch.as_tensor(ids)).numpy()
+            expected = reference.encode_items(ids)
             assert_close(f"{what}: item tower, {len(ids)} items", expected, exported)
 
 
@@ -176,8 +182,9 @@ def assert_towers_match(what: str, model: TwoTowerModel, towers: Any, items: boo
 
 def check_user_encoder(encoder: str | type, **config_changes: Any) -> None:
     """A user encoder trains, gives finite [B, d] vectors (unit length when the config
-    normalises), ignores left padding, keeps a cold user finite and exports in every
-    registered format with parity (dynamic batch and history length).
+    normalises), ignores left padding, keeps a cold user finite, encodes every prefix at
+    once as it encodes each (with the ``encode_sequence`` capability), and exports in
+    every registered format with parity (dynamic batch and history length).
     """
     from .train import train
 
@@ -190,7 +197,9 @@ def check_user_encoder(encoder: str | type, **config_changes: Any) -> None:
         if len(losses) > 1:
             assert losses[-1] < losses[0], f"{what}: training loss did not decrease: {losses}"
         model = result.model.eval()
+        conforms(what, model.user_tower, contracts.UserEncoder)
         check_user_vectors(what, model, config)
+        check_sequence(what, model, config)
         for format_name in plugins.formats().names():
             exporter = plugins.formats().get(format_name)()
             with tempfile.TemporaryDirectory() as folder:
@@ -200,9 +209,9 @@ def check_user_encoder(encoder: str | type, **config_changes: Any) -> None:
 
 
 def check_user_vectors(what: str, model: TwoTowerModel, config: TwoTowerConfig) -> None:
-    dim = config.embedding_dim
+    dim, towers = config.embedding_dim, ModelTowers(model)
     for batch in history_batches(tiny_split(), config.max_history_len):
-        vectors = torch_users(model, batch)
+        vectors = towers.encode_users(*batch)
         cold = ~batch[2].any(axis=1)
         assert np.isfinite(vectors[cold]).all(), f"{what}: a cold user gets a non-finite vector"
         assert_vectors(what, vectors, len(batch[0]), dim)
@@ -213,8 +222,32 @@ def check_user_vectors(what: str, model: TwoTowerModel, config: TwoTowerConfig) 
         # the serving runtime pads each batch to its longest history: padding must not matter
         for row in range(len(batch[0])):
             alone = pad_left([batch[1][row][batch[2][row]]], config.max_history_len)
-            single = torch_users(model, (batch[0][row : row + 1], *alone))
+            single = towers.encode_users(batch[0][row : row + 1], *alone)
             assert_close(f"{what}: a history encoded alone vs left-padded", single, vectors[row])
+
+
+def check_sequence(what: str, model: TwoTowerModel, config: TwoTowerConfig) -> None:
+    """With the ``encode_sequence`` capability (causal), the vector at each valid position
+    is ``forward`` on the history up to it: sequence training is honest only then."""
+    encoder = model.user_tower
+    if contracts.capability(encoder, "encode_sequence") is None:
+        return
+    if not contracts.capability(encoder, "causal"):
+        return
+    towers = ModelTowers(model)
+    for users, ids, mask in history_batches(tiny_split(), config.max_history_len):
+        with torch.no_grad():
+            sequence = encoder.encode_sequence(*(torch.as_tensor(a) for a in (users, ids, mask)))
+        for t in range(ids.shape[1]):
+            rows = np.flatnonzero(mask[:, t])  # the rows with an item at position t
+            if not len(rows):
+                continue
+            prefix = towers.encode_users(users[rows], ids[rows, : t + 1], mask[rows, : t + 1])
+            assert_close(
+                f"{what}: encode_sequence at position {t} vs forward on the prefix up to it",
+                prefix,
+                sequence[rows, t].numpy(),
+            )
 
 
 # --- losses --------------------------------------------------------------------------
@@ -231,7 +264,9 @@ def check_loss(loss: str | Callable, **config_changes: Any) -> None:
         torch.manual_seed(0)
         counts = torch.arange(num_items + 1, 0, -1, dtype=torch.float32)  # popular low ids
         counts[0] = 0.0  # the padding item
+        conforms(what, factory, contracts.LossFactory)
         loss_fn = factory(tiny_config(**config_changes), counts)
+        conforms(f"{what}: what its factory returns", loss_fn, contracts.Loss)
         table = torch.randn(num_items + 1, dim, requires_grad=True)
 
         def encode_items(ids: torch.Tensor) -> torch.Tensor:
@@ -296,6 +331,7 @@ def check_retriever(retriever: str | type, **params: Any) -> None:
 
     cls = plugins.retrievers().get(retriever) if isinstance(retriever, str) else retriever
     what = f"retriever {retriever if isinstance(retriever, str) else cls.__name__!r}"
+    conforms(what, cls, contracts.Retriever)
     rng = np.random.default_rng(0)
     items, queries, k = unit_vectors(rng, 500, 16), unit_vectors(rng, 20, 16), 10
     index = cls.build(items, **params)
@@ -310,7 +346,7 @@ def check_retriever(retriever: str | type, **params: Any) -> None:
             returned = set(ids[row].tolist()) & set(np.asarray(list(banned)).tolist())
             assert not returned, f"{what}: returned excluded items {sorted(returned)}"
         expected, _ = exact.search(queries, k, exclude=excluded)
-        found = np.mean([len(set(a) & set(b)) / k for a, b in zip(ids, expected, strict=True)])
+        found = overlap_at_k(ids, expected)
         assert found >= MIN_RECALL, f"{what}: recall@{k} {found:.2f} against exact search"
 
     # exactly k items left: all k come back, best first; fewer: the tail is -1
@@ -388,18 +424,36 @@ def check_torch_free(what: str, module: str) -> None:
 def check_format(format: str | type, user_encoder: str = "transformer") -> None:
     """A format exports a trained model, loads it back, and the loaded towers give
     PyTorch's user and item vectors within 1e-5 (cold user included) as numpy arrays.
+    Each quantization it offers applies in place and still gives finite vectors.
     """
     cls = plugins.formats().get(format) if isinstance(format, str) else format
     what = f"format {format if isinstance(format, str) else cls.__name__!r}"
+    exporter = cls()
+    conforms(what, exporter, contracts.Format)
+    schemes = contracts.capability(exporter, "quantizations")
+    assert not schemes or not contracts.missing(exporter, contracts.Quantizer), (
+        f"{what}: offers quantizations {list(schemes)} but has no quantize(folder, scheme)"
+    )
     model = tiny_model(user_encoder)
     with tempfile.TemporaryDirectory() as folder:
-        written = cls().export(model, Path(folder))
+        written = exporter.export(model, Path(folder))
         assert written and all(Path(p).is_file() for p in written), (
             f"{what}: export() must return the files it wrote, got {written}"
         )
         outside = [p for p in written if Path(folder).resolve() not in Path(p).resolve().parents]
         assert not outside, f"{what}: export() wrote outside the bundle folder: {outside}"
-        assert_towers_match(what, model, cls().load(Path(folder)), items=True)
+        towers = cls().load(Path(folder))
+        conforms(f"{what}: what load() returns", towers, contracts.Towers)
+        assert_towers_match(what, model, towers, items=True)
+    dim = int(model.catalog_vectors().shape[1])
+    for scheme in schemes:
+        with tempfile.TemporaryDirectory() as folder:
+            exporter.export(model, Path(folder))
+            exporter.quantize(Path(folder), scheme)
+            towers = cls().load(Path(folder))
+            for batch in history_batches(tiny_split(), model.max_history_len):
+                vectors = towers.encode_users(*batch)
+                assert_vectors(f"{what}, quantized {scheme}", vectors, len(batch[0]), dim)
 
 
 __all__ = ["check_format", "check_loss", "check_retriever", "check_user_encoder", "tiny_config"]

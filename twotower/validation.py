@@ -4,7 +4,7 @@ A run that would fail on a setting must fail in its first second, not after
 training: ``validate`` checks a whole ``TwoTowerConfig`` and every command
 calls it before touching data. Types come from the config's annotations,
 allowed values from ``RULES`` below, and what only a component knows is
-asked of the component:
+asked of the component (its capabilities, ``contracts.CAPABILITIES``):
 
 - ``option_schema``: a dataclass of the ``<name>_*`` settings the component reads
   (``--set faiss_nprobe=16``, ``hnsw_m``); values are type- and range-checked
@@ -25,6 +25,7 @@ from typing import Any
 
 from . import plugins
 from .config import TwoTowerConfig
+from .contracts import capability
 from .errors import TwoTowerError
 from .schema import Allowed, at_least, between, check, one_of, positive
 
@@ -87,7 +88,7 @@ def validate(config: TwoTowerConfig) -> TwoTowerConfig:
     check_component_settings(config)
     check_plugin_options(config)
     for component in chosen:
-        check_config = getattr(component, "check_config", None)
+        check_config = capability(component, "check_config")
         if check_config is not None:
             check_config(config)
     return config
@@ -100,7 +101,7 @@ def readers(setting: str) -> list[str]:
     """The datasets that declare ``setting`` among their ``settings``."""
     registry = plugins.datasets()
     names = registry.names()
-    return [name for name in names if setting in getattr(registry.get(name), "settings", ())]
+    return [name for name in names if setting in capability(registry.get(name), "settings")]
 
 
 def default_dataset(values: Mapping[str, Any]) -> str | None:
@@ -118,9 +119,9 @@ def check_component_settings(config: TwoTowerConfig) -> None:
     for name, kind in REGISTRY_OF.items():
         chosen = getattr(config, name)
         registry = plugins.registry(kind)
-        owned = set(getattr(registry.get(chosen), "settings", ()))
+        owned = set(capability(registry.get(chosen), "settings"))
         for other in registry.names():
-            for setting in getattr(registry.get(other), "settings", ()):
+            for setting in capability(registry.get(other), "settings"):
                 if setting not in owned and getattr(config, setting, None) is not None:
                     raise TwoTowerError(
                         f"{setting} is read by {registry.noun} {other!r} only, "
@@ -166,7 +167,7 @@ def check_plugin_options(config: TwoTowerConfig) -> None:
                 f"component that reads it ({', '.join(sorted(prefixes))})"
             )
     for kind, name, component in components():
-        schema = getattr(component, "option_schema", None)
+        schema = capability(component, "option_schema")
         if dataclasses.is_dataclass(schema):
             prefix = prefix_of(name)
             options = plugins.component_options(config, name)

@@ -130,7 +130,7 @@ def markdown(result: dict[str, Any], suite: str) -> str:
             f"{headline['onnx_over_torch_user_p50_b1']:.3f} (eager under `torch.inference_mode`; "
             f"{headline['onnx_over_torch_no_grad_user_p50_b1']:.3f} against eager under "
             f"`torch.no_grad`)\n"
-            f"- `Bundle.recommend` (ONNX + HNSW, seen items excluded, k=10): p50 "
+            f"- `load_bundle(...).recommend` (ONNX + HNSW, seen items excluded, k=10): p50 "
             f"{headline['bundle_recommend_p50_ms']:.3f} ms, p99 "
             f"{headline['bundle_recommend_p99_ms']:.3f} ms"
         )

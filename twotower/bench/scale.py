@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ..metrics import overlap_at_k
 from ..retrievers.exact import ExactRetriever
 from ..retrievers.hnsw import INDEX_FILE, HnswRetriever
 from .timing import environment, interleaved, p50_p99, pinned_threads
@@ -59,10 +60,6 @@ def loaded_mib(index_file: Path, dim: int) -> float:
 
     command = [sys.executable, "-c", LOAD_AND_MEASURE, str(index_file), str(dim)]
     return float(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
-
-
-def recall(found: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.mean([len(set(a) & set(b)) / K for a, b in zip(found, truth, strict=True)]))
 
 
 def one_size(
@@ -131,7 +128,7 @@ def one_size(
                     "p99_ms": p99,
                     "batch_ms_per_query": float(np.median(batched)) / queries,
                     "qps": 1000.0 / float(np.mean(single)),
-                    "recall@10": recall(found, truth),
+                    "recall@10": overlap_at_k(found, truth),
                 }
             )
     return rows

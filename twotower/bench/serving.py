@@ -1,12 +1,14 @@
 """Serving suite: every tower runtime crossed with every retriever, on the test users.
 
 Rows are ``runtime x retriever``. Runtimes are PyTorch eager (``torch``),
-each registered export format, and ``onnx-int8``; retrievers are every
-registered retriever. The headline adds onnxruntime's user-tower latency as a
-fraction of eager PyTorch's, and the end-to-end ``Bundle.recommend`` latency
-(ONNX user tower + HNSW, seen items excluded). Accuracy (Recall@10, MRR@10)
-is computed through the very pipeline that is timed, and ``overlap@10``
-compares its top-10 with the exact PyTorch pipeline's.
+each registered export format, and each quantization a format offers
+(``onnx-int8``); retrievers are every registered retriever. Each runtime is
+the recommendation core over its towers, so accuracy (Recall@10, MRR@10) is
+computed through the very pipeline that is timed, and ``overlap@10``
+compares its top-10 with the exact PyTorch pipeline's. The headline adds
+onnxruntime's user-tower latency as a fraction of eager PyTorch's, and the
+end-to-end latency of ``recommend`` through the ONNX bundle (ONNX user tower
++ HNSW, seen items excluded).
 """
 
 from __future__ import annotations
@@ -18,11 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from .. import artifacts as files
 from .. import plugins
 from ..data.padding import pad_left
-from ..errors import TwoTowerError
+from ..metrics import found_ranks, metrics_from_ranks, overlap_at_k
 from ..serving import load_bundle
+from ..towers.runtime import ModelTowers
 from .timing import environment, interleaved, p50_p99, pinned_threads
 
 K = 10
@@ -30,41 +32,25 @@ BATCH = 256
 BURST = 10  # timed calls per visit of a contender (after one untimed call)
 
 
-def ensure_bundle(artifacts_dir: Path, folder: Path, format: str, quantize: str | None) -> Path:
-    """Reuse ``folder`` when it was exported from these very weights by these very
-    library versions, else export it."""
-    from ..export.bundle import export_bundle
+def runtimes(artifacts_dir: Path, exports_dir: Path, threads: int, notify) -> dict[str, Any]:
+    """``name -> recommendation core`` for eager PyTorch (``torch``), every format, and every
+    quantization a format offers (``<format>-<scheme>``). A bundle is exported only when
+    ``exports_dir`` has none from these very weights and library versions."""
+    from ..api import load
+    from ..export.bundle import export_bundle, exported_from, offered_quantizations
 
-    wanted = {
-        "source_model_sha256": files.sha256_of(Path(artifacts_dir) / files.MODEL),
-        "format": format,
-        "versions": files.library_versions(),
-    }
-    try:
-        manifest = files.read_manifest(folder, "bundle")
-        if all(manifest.get(key) == value for key, value in wanted.items()):
-            return folder
-    except TwoTowerError:
-        pass
-    export_bundle(artifacts_dir, folder, format=format, quantize=quantize)
-    return folder
-
-
-def runtimes(recommender, exports_dir: Path, threads: int, notify) -> dict[str, Any]:
-    """``name -> towers`` for eager PyTorch, every format plugin, and int8 ONNX."""
-    from ..export.torchscript import TorchTowers
-    from ..export.towers import towers
-
-    user_tower, item_tower = towers(recommender.model)
-    found: dict[str, Any] = {"torch": TorchTowers(user_tower, item_tower)}
-    variants = [(name, name, None) for name in plugins.formats().names()]
-    variants.append(("onnx-int8", "onnx", "int8"))
+    found: dict[str, Any] = {"torch": load(artifacts_dir, threads=threads)}
+    offered = offered_quantizations()
+    variants = [(format, format, None) for format in offered]
+    variants += [
+        (f"{f}-{scheme}", f, scheme) for f, schemes in offered.items() for scheme in schemes
+    ]
     for runtime, format, quantize in variants:
         notify(f"bundle for {runtime}")
-        folder = ensure_bundle(
-            recommender.folder, exports_dir / f"bench-{runtime}", format, quantize
-        )
-        found[runtime] = plugins.formats().get(format)().load(folder, threads)
+        folder = exports_dir / f"bench-{runtime}"
+        if not exported_from(folder, artifacts_dir, format, quantize):
+            export_bundle(artifacts_dir, folder, format=format, quantize=quantize)
+        found[runtime] = load_bundle(folder, threads=threads)
     return found
 
 
@@ -91,30 +77,18 @@ def search_call(index, searches: list[tuple]) -> Callable[[], object]:
     return call
 
 
-def recommend_call(bundle, user_ids: list[str]) -> Callable[[], object]:
-    """One end-to-end ``Bundle.recommend`` per invocation, for the next user."""
+def recommend_call(recommender, user_ids: list[str], retriever: str) -> Callable[[], object]:
+    """One end-to-end ``recommend`` per invocation, for the next user."""
     next_user = rotating(user_ids)
-    return lambda: bundle.recommend(next_user(), k=K, exclude_seen=True)
-
-
-def pipeline_top10(towers, item_vectors, index, users, histories, max_len) -> np.ndarray:
-    found = []
-    for start in range(0, len(users), BATCH):
-        part = histories[start : start + BATCH]
-        ids, mask = pad_left(part, max_len)
-        vectors = towers.encode_users(users[start : start + BATCH], ids, mask)
-        found.append(index.search(vectors, K, exclude=[h - 1 for h in part])[0])
-    return np.concatenate(found)
+    return lambda: recommender.recommend(next_user(), k=K, exclude_seen=True, retriever=retriever)
 
 
 def accuracy(top: np.ndarray, targets: np.ndarray, reference: np.ndarray) -> dict[str, float]:
-    hits = top == targets[:, None]
-    ranks = np.where(hits.any(axis=1), hits.argmax(axis=1) + 1, 0)
-    overlap = [len(set(a) & set(b)) / K for a, b in zip(top, reference, strict=True)]
+    metrics = metrics_from_ranks(found_ranks(top, targets), (K,))
     return {
-        "recall@10": float(hits.any(axis=1).mean()),
-        "mrr@10": float(np.where(ranks > 0, 1.0 / np.maximum(ranks, 1), 0.0).mean()),
-        "overlap@10": float(np.mean(overlap)),
+        "recall@10": metrics["recall@10"],
+        "mrr@10": metrics["mrr@10"],
+        "overlap@10": overlap_at_k(top, reference),
     }
 
 
@@ -125,40 +99,21 @@ def run(
     threads: int = 1,
     notify: Callable[[str], None] = lambda message: None,
 ) -> dict[str, Any]:
-    from ..api import load
-
-    recommender = load(artifacts_dir)
-    max_len = recommender.config.max_history_len
-    users, histories, targets = recommender.test_queries()
-    catalog = np.arange(1, recommender.model.num_items + 1)
     with pinned_threads(threads) as thread_counts:
-        found = runtimes(recommender, Path(exports_dir), threads, notify)
-        item_vectors = {name: towers.encode_items(catalog) for name, towers in found.items()}
-        indexes = {}
-        for name in plugins.retrievers().names():
-            cls = plugins.retrievers().get(name)
-            options = plugins.component_options(recommender.config, name)
-            for runtime, vectors in item_vectors.items():
-                indexes[runtime, name] = cls.build(vectors, **options)
+        found = runtimes(Path(artifacts_dir), Path(exports_dir), threads, notify)
+        trained = found["torch"]
+        max_len = trained.max_history_len
+        users, histories, targets = trained.test_queries()
+        retrievers = plugins.retrievers().names()
 
         notify("accuracy through each pipeline")
-        reference = pipeline_top10(
-            found["torch"],
-            item_vectors["torch"],
-            indexes["torch", "exact"],
-            users,
-            histories,
-            max_len,
-        )
+        reference = trained.search(users, histories, K, retriever="exact")[0]
         quality = {
-            key: accuracy(
-                pipeline_top10(
-                    found[key[0]], item_vectors[key[0]], index, users, histories, max_len
-                ),
-                targets,
-                reference,
+            (runtime, retriever): accuracy(
+                core.search(users, histories, K, retriever=retriever)[0], targets, reference
             )
-            for key, index in indexes.items()
+            for retriever in retrievers
+            for runtime, core in found.items()
         }
 
         notify(f"latency, {repeats} interleaved repetitions on {threads} thread(s)")
@@ -168,22 +123,18 @@ def run(
         rows_256 = rng.choice(len(users), size=BATCH, replace=len(users) < BATCH)
         batch = (users[rows_256], *pad_left([histories[i] for i in rows_256], max_len))
         calls: dict[Any, Callable[[], object]] = {}
-        for name, towers in found.items():
-            calls[name, "b1"] = encode_call(towers, single)
-            calls[name, "b256"] = encode_call(towers, [batch])
-            vectors = np.concatenate([towers.encode_users(*one) for one in single])
+        for name, core in found.items():
+            calls[name, "b1"] = encode_call(core.towers, single)
+            calls[name, "b256"] = encode_call(core.towers, [batch])
+            vectors = core.encode(users[picked], [histories[i] for i in picked])
             searches = [(vectors[j : j + 1], [histories[i] - 1]) for j, i in enumerate(picked)]
-            for retriever in plugins.retrievers().names():
-                calls[name, retriever] = search_call(indexes[name, retriever], searches)
+            for retriever in retrievers:
+                calls[name, retriever] = search_call(core.retriever(retriever), searches)
         # a reference for the headline: eager under torch.no_grad instead of inference_mode
-        from ..export.torchscript import TorchTowers
-        from ..export.towers import towers
-
-        no_grad = TorchTowers(*towers(recommender.model), inference_mode=False)
+        no_grad = ModelTowers(trained.towers.model, threads, inference_mode=False)
         calls["torch-no-grad", "b1"] = encode_call(no_grad, single)
-        bundle = load_bundle(exports_dir / "bench-onnx", retriever="hnsw", threads=threads)
-        user_ids = [recommender.user_ids[users[i] - 1] for i in picked]
-        calls["bundle", "recommend"] = recommend_call(bundle, user_ids)
+        user_ids = [trained.user_ids[users[i] - 1] for i in picked]
+        calls["bundle", "recommend"] = recommend_call(found["onnx"], user_ids, "hnsw")
         samples = interleaved(calls, repeats, burst=BURST)
 
     rows = []
@@ -221,6 +172,6 @@ def run(
         "repeats": repeats,
         "burst": BURST,
         "test_users": len(users),
-        "num_items": len(catalog),
+        "num_items": len(trained.item_ids),
         "rows": rows,
     }

@@ -79,7 +79,7 @@ def one_run(config: TwoTowerConfig) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory(prefix="twotower-bench-") as folder:
         result = fit(config.replace(artifacts_dir=folder), progress=False)
-        model = load(result.artifacts_dir).model
+        model = load(result.artifacts_dir).towers.model
         by_position = recall_by_position(model, prepare(config.replace(download=False)), config)
     log = result.log
     best = result.best_epoch

@@ -1,8 +1,9 @@
 """ONNX format: both towers through ``torch.onnx.export`` (dynamo), served by onnxruntime.
 
 Batch size and history length are dynamic axes; weights are stored inside the
-``.onnx`` files. Importing this module does not import torch: the exporter
-imports it when called, the runtime needs only onnxruntime and numpy.
+``.onnx`` files; the format offers dynamic int8 quantization of both graphs.
+Importing this module does not import torch: the exporter imports it when
+called, the runtime needs only onnxruntime and numpy.
 """
 
 from __future__ import annotations
@@ -94,12 +95,14 @@ def remainder_scalar(self, other):
 class OnnxFormat:
     name = "onnx"
     files = (USER_FILE, ITEM_FILE)
+    opset = OPSET  # recorded in the bundle's manifest
+    quantizations = ("int8",)
 
     def export(self, model, out_dir: Path) -> list[Path]:
         import onnx
         import torch
 
-        from ..towers.attention import attention_onnx
+        from . import onnx_attention
         from .towers import (
             ITEM_INPUTS,
             ITEM_OUTPUTS,
@@ -121,12 +124,12 @@ class OnnxFormat:
         )  # fmt: skip
         translations = {
             torch.ops.aten.remainder.Scalar: remainder_scalar,
-            torch.ops.twotower.attention.default: attention_onnx,
+            **onnx_attention.TRANSLATIONS,
         }
         written = []
         for module, example, file, inputs, outputs, dynamic in jobs:
             path = Path(out_dir) / file
-            with torch.no_grad(), quiet_exporter():
+            with torch.no_grad(), quiet_exporter(), onnx_attention.one_node():
                 torch.onnx.export(
                     module,
                     example,
@@ -151,3 +154,27 @@ class OnnxFormat:
 
     def load(self, bundle_dir: Path, threads: int = 1) -> OnnxTowers:
         return OnnxTowers(bundle_dir, threads)
+
+    def quantize(self, folder: Path, scheme: str) -> None:
+        """Dynamic int8 quantization of both graphs in place, keeping their metadata."""
+        import onnx
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+        from onnxruntime.quantization.registry import IntegerOpsRegistry
+
+        # ONNX's standard Attention shares its name with onnxruntime's contrib
+        # Attention, which the quantizer would turn into an invalid QAttention
+        op_types = [op for op in IntegerOpsRegistry if op != "Attention"]
+        for name in self.files:
+            source, target = Path(folder) / name, Path(folder) / f"{name}.{scheme}"
+            metadata = {prop.key: prop.value for prop in onnx.load(str(source)).metadata_props}
+            with quiet_exporter(""):
+                quantize_dynamic(
+                    str(source),
+                    str(target),
+                    weight_type=QuantType.QInt8,
+                    op_types_to_quantize=op_types,
+                )
+            quantized = onnx.load(str(target))
+            onnx.helper.set_model_props(quantized, metadata)
+            onnx.save(quantized, str(source))
+            target.unlink()

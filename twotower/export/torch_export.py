@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .torchscript import TorchTowers
+from ..towers.runtime import TorchTowers
 
 USER_FILE = "user_tower.pt2"
 ITEM_FILE = "item_tower.pt2"

@@ -9,44 +9,10 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-import numpy as np
+from ..towers.runtime import TorchTowers
 
 USER_FILE = "user_tower.pt"
 ITEM_FILE = "item_tower.pt"
-
-
-class TorchTowers:
-    """Runtime over two loaded torch modules, numpy in and out.
-
-    Calls run under ``torch.inference_mode`` (PyTorch's fastest eager mode);
-    ``inference_mode=False`` runs them under the more common ``torch.no_grad``.
-    """
-
-    def __init__(self, user, item, threads: int = 1, inference_mode: bool = True):
-        import torch
-
-        self.torch = torch
-        self.user, self.item = user, item
-        self.threads = threads
-        self.mode = torch.inference_mode if inference_mode else torch.no_grad
-
-    def encode_users(self, user_ids, history, history_mask) -> np.ndarray:
-        torch = self.torch
-        with self.mode():
-            out = self.user(
-                torch.as_tensor(np.asarray(user_ids, dtype=np.int64)),
-                torch.as_tensor(np.asarray(history, dtype=np.int64)),
-                torch.as_tensor(np.asarray(history_mask, dtype=bool)),
-            )
-        return out.numpy()
-
-    def encode_items(self, item_ids) -> np.ndarray:
-        torch = self.torch
-        with self.mode():
-            return self.item(torch.as_tensor(np.asarray(item_ids, dtype=np.int64))).numpy()
-
-    def graphs(self) -> dict:
-        return {}
 
 
 class TorchScriptFormat:

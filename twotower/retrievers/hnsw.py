@@ -39,6 +39,7 @@ class HnswOptions:
 
 class HnswRetriever:
     option_schema = HnswOptions  # what twotower checks `hnsw_*` settings against
+    prebuilt = True  # building takes long: fit and export save the index with the folder
 
     def __init__(self, index: hnswlib.Index, options: HnswOptions):
         self.index = index

@@ -1,9 +1,11 @@
 """Serve recommendations from an exported bundle without PyTorch.
 
-``load_bundle(path)`` needs numpy, onnxruntime (for ONNX bundles) and hnswlib
-only; importing and using it never imports torch.
+``load_bundle(path)`` gives the recommendation core (``Recommender``) over
+the bundle's exported towers; with an ONNX bundle it needs numpy,
+onnxruntime and hnswlib only, and never imports torch.
 """
 
-from .runtime import Bundle, load_bundle
+from ..recommendation import Recommender
+from .runtime import load_bundle
 
-__all__ = ["Bundle", "load_bundle"]
+__all__ = ["Recommender", "load_bundle"]

@@ -1,18 +1,26 @@
-"""Multi-head scaled dot-product attention on [B, L, d] tensors, for inference.
+"""Multi-head scaled dot-product attention on [B, L, d] tensors, for training and inference.
 
-Eager PyTorch runs ``attend`` (one fused ``scaled_dot_product_attention``).
-While exporting to ONNX the same computation goes through the
-``twotower::attention`` operator, which the exporter writes as one standard
-``Attention`` node (ONNX opset 23) taking the [B, L, d] tensors with the head
-count as an attribute: no reshapes or transposes around it, which is most of
-what a small Transformer's exported graph would otherwise run.
+One path: a fused ``scaled_dot_product_attention``, which in training drops
+attention weights with probability ``dropout_p`` (as ``nn.MultiheadAttention``
+does). An exporter may compute the same function its own way for the length
+of an export (``replaced_by``): the ONNX format writes it as one standard
+``Attention`` node (``twotower/export/onnx_attention.py``).
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+# (q, k, v, mask, causal, num_heads, scale) -> attended: the same function, computed another way
+Implementation = Callable[[Tensor, Tensor, Tensor, Tensor, bool, int, float], Tensor]
+
+_replacement: ContextVar[Implementation | None] = ContextVar("attention", default=None)
 
 
 def split_heads(x: Tensor, num_heads: int) -> Tensor:
@@ -35,71 +43,60 @@ def with_causal(mask: Tensor, length: int) -> Tensor:
 
 
 def attend(
-    q: Tensor, k: Tensor, v: Tensor, mask: Tensor, causal: bool, num_heads: int, scale: float
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor,
+    causal: bool,
+    num_heads: int,
+    scale: float,
+    dropout_p: float = 0.0,
 ) -> Tensor:
     """q [B, Lq, d], k and v [B, L, d], additive mask [B, 1, Lq or 1, L] -> [B, Lq, d].
 
-    ``causal`` (queries and keys being the same L positions) also blocks later keys.
+    ``causal`` (queries and keys being the same L positions) also blocks later keys;
+    ``dropout_p`` drops attention weights (training only).
     """
     if causal:
         mask = with_causal(mask, q.shape[1])
     q, k, v = split_heads(q, num_heads), split_heads(k, num_heads), split_heads(v, num_heads)
-    return merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale))
-
-
-@torch.library.custom_op("twotower::attention", mutates_args=())
-def attention_op(
-    q: Tensor, k: Tensor, v: Tensor, mask: Tensor, causal: bool, num_heads: int, scale: float
-) -> Tensor:
-    return attend(q, k, v, mask, causal, num_heads, scale)
-
-
-@attention_op.register_fake
-def _(q, k, v, mask, causal, num_heads, scale):
-    return torch.empty_like(q)
+    attended = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale
+    )
+    return merge_heads(attended)
 
 
 def multi_head_attention(
-    q: Tensor, k: Tensor, v: Tensor, mask: Tensor, causal: bool, num_heads: int, scale: float
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor,
+    causal: bool,
+    num_heads: int,
+    scale: float,
+    dropout_p: float = 0.0,
 ) -> Tensor:
-    """``attend``, routed through ``twotower::attention`` while exporting to ONNX.
+    """``attend``, or the implementation ``replaced_by`` put in place when no dropout applies.
 
-    Other exports (TorchScript, ``torch.export``) and eager calls see only
-    standard operators, so their files load without twotower.
+    TorchScript compiles ``attend`` alone (it skips the branch it is not
+    in), so its files hold standard operators only.
     """
-    if torch.jit.is_scripting():
-        return attend(q, k, v, mask, causal, num_heads, scale)
-    return attention_outside_torchscript(q, k, v, mask, causal, num_heads, scale)
+    if not torch.jit.is_scripting():
+        replacement = _replacement.get()
+        if replacement is not None and dropout_p == 0.0:
+            return replacement(q, k, v, mask, causal, num_heads, scale)
+    return attend(q, k, v, mask, causal, num_heads, scale, dropout_p)
 
 
-@torch.jit.unused  # TorchScript cannot compile the export check; it never runs it
-def attention_outside_torchscript(
-    q: Tensor, k: Tensor, v: Tensor, mask: Tensor, causal: bool, num_heads: int, scale: float
-) -> Tensor:
-    if torch.onnx.is_in_onnx_export():
-        return attention_op(q, k, v, mask, causal, num_heads, scale)
-    return attend(q, k, v, mask, causal, num_heads, scale)
+@contextlib.contextmanager
+def replaced_by(implementation: Implementation) -> Iterator[None]:
+    """Compute inference attention with ``implementation`` inside the block (in this thread).
 
-
-def attention_onnx(q, k, v, mask, causal: bool, num_heads: int, scale: float):
-    """The ONNX translation of ``twotower::attention``: one opset-23 ``Attention`` node.
-
-    Causality is the node's ``is_causal`` attribute, so the graph builds no
-    [L, L] pattern.
+    It must compute what ``attend`` does without dropout; training, which
+    drops attention weights, keeps the fused kernel.
     """
-    from onnxscript import opset23 as op
-
-    if causal:  # onnxruntime wants one mask row per query: [B, 1, 1, L] -> [B, 1, L, L]
-        one = op.Constant(value_ints=[1])
-        mask = op.Expand(mask, op.Concat(one, one, op.Shape(q, start=1, end=2), one, axis=0))
-    attended, _, _, _ = op.Attention(
-        q,
-        k,
-        v,
-        mask,
-        is_causal=int(causal),
-        q_num_heads=num_heads,
-        kv_num_heads=num_heads,
-        scale=scale,
-    )
-    return attended
+    token = _replacement.set(implementation)
+    try:
+        yield
+    finally:
+        _replacement.reset(token)

@@ -24,7 +24,7 @@ from torch import nn
 
 from ..errors import TwoTowerError
 from ..schema import check_value, one_of
-from .attention import merge_heads, multi_head_attention, split_heads, with_causal
+from .attention import multi_head_attention
 from .user import UserHead, most_recent
 
 POOLINGS = ("mean", "last")
@@ -32,7 +32,11 @@ BLOCKED = -1e9  # additive mask value: softmax gives it weight 0, yet nothing be
 
 
 class Block(nn.Module):
-    """Pre-norm self-attention + GELU feed-forward, each with a residual."""
+    """Pre-norm self-attention + GELU feed-forward, each with a residual.
+
+    Attention is one fused kernel in training and inference alike; in
+    training it drops attention weights with probability ``dropout``.
+    """
 
     def __init__(self, dim: int, num_heads: int, dropout: float):
         super().__init__()
@@ -46,7 +50,6 @@ class Block(nn.Module):
             nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim)
         )
         self.residual_dropout = nn.Dropout(dropout)
-        self.attention_dropout = nn.Dropout(dropout)
         self.scale = (dim // num_heads) ** -0.5
 
     def forward(
@@ -61,39 +64,34 @@ class Block(nn.Module):
         its output is the same; skipping the other queries saves most of the
         final block at serving time.
         """
-        dim = x.shape[-1]
-        normed = self.attention_norm(x)
-        if last_only:  # one query: project it alone, keys and values for every position
-            weight, bias = self.qkv.weight, self.qkv.bias
-            q = F.linear(normed[:, -1:], weight[:dim], bias[:dim])  # [B, 1, d]
-            k, v = F.linear(normed, weight[dim:], bias[dim:]).split(dim, dim=-1)
+        q, k, v = self.queries_keys_values(self.attention_norm(x), last_only)
+        if last_only:
             x, causal = x[:, -1:], False
             if allowed.shape[2] > 1:
                 allowed = allowed[:, :, -1:]
-        else:
-            q, k, v = self.qkv(normed).split(dim, dim=-1)  # each [B, L, d]
         if allowed.dtype == torch.bool:
             allowed = torch.zeros_like(allowed, dtype=x.dtype).masked_fill(~allowed, float("-inf"))
-        if self.training and self.dropout > 0:
-            attended = self.attention_with_dropout(q, k, v, allowed, causal)
-        else:
-            attended = multi_head_attention(q, k, v, allowed, causal, self.num_heads, self.scale)
+        dropout = self.dropout if self.training else 0.0
+        attended = multi_head_attention(
+            q, k, v, allowed, causal, self.num_heads, self.scale, dropout
+        )
         x = x + self.residual_dropout(self.projection(attended))
         return x + self.residual_dropout(self.feed_forward(self.feed_forward_norm(x)))
 
-    def attention_with_dropout(self, q, k, v, allowed: torch.Tensor, causal: bool) -> torch.Tensor:
-        """Training's attention: dropout on the attention weights, written out.
-
-        The same function as ``multi_head_attention`` plus dropout; kept
-        explicit so training draws its dropout masks as the recorded runs did.
-        """
-        if causal:
-            allowed = with_causal(allowed, q.shape[1])
-        heads = self.num_heads
-        q, k, v = split_heads(q, heads), split_heads(k, heads), split_heads(v, heads)
-        scores = (q * self.scale) @ k.transpose(-2, -1) + allowed  # [B, H, Lq, L]
-        weights = self.attention_dropout(torch.softmax(scores, dim=-1))
-        return merge_heads(weights @ v)  # [B, Lq, d]
+    def queries_keys_values(
+        self, normed: torch.Tensor, last_only: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q [B, L or 1, d], k and v [B, L, d]; ``last_only`` projects the last query alone."""
+        if not last_only:
+            q, k, v = self.qkv(normed).chunk(3, dim=-1)
+            return q, k, v
+        dim = normed.shape[-1]
+        # the rows of the one [3d, d] projection: queries first, then keys and values
+        q_weight, kv_weight = self.qkv.weight.split([dim, 2 * dim])
+        q_bias, kv_bias = self.qkv.bias.split([dim, 2 * dim])
+        q = F.linear(normed[:, -1:], q_weight, q_bias)  # [B, 1, d]
+        k, v = F.linear(normed, kv_weight, kv_bias).chunk(2, dim=-1)  # each [B, L, d]
+        return q, k, v
 
 
 def check_heads(config) -> None:

@@ -36,7 +36,24 @@ def test_recommend_with_the_faiss_retriever_matches_exact_search(capsys, artifac
     assert found == recommend(capsys, artifacts, "exact")  # 30 items: HNSW finds the true top 5
 
 
-def test_twotower_plugins_lists_faiss_with_its_version():
+def test_both_entry_points_build_faiss_with_the_fit_s_options(artifacts, tmp_path):
+    """Neither folder holds a faiss index: each builds one with the saved `faiss_*` settings."""
+    from twotower import load
+    from twotower.export.bundle import export_bundle
+    from twotower.serving import load_bundle
+
+    bundle, _ = export_bundle(artifacts, tmp_path / "bundle", format="onnx")
+    trained, served = load(artifacts, retriever="faiss"), load_bundle(bundle, retriever="faiss")
+    for recommender in (trained, served):
+        assert recommender.retriever().options.index == "hnsw"
+        assert not list(recommender.folder.glob("faiss_*"))
+    user = trained.user_ids[0]
+    assert [r.item_id for r in served.recommend(user, k=5)] == [
+        r.item_id for r in trained.recommend(user, k=5)
+    ]
+
+
+def test_twotower_plugins_lists_faiss_with_its_package_and_version():
     done = subprocess.run(
         [sys.executable, "-m", "twotower.cli", "plugins", "--json", "--all"],
         capture_output=True,
@@ -45,5 +62,6 @@ def test_twotower_plugins_lists_faiss_with_its_version():
     )
     listed = {p["name"]: p for p in json.loads(done.stdout)["plugins"]}
     assert listed["faiss"]["version"] == "0.1.0"
+    assert listed["faiss"]["distribution"] == "twotower-faiss"  # the package pip installed
     assert listed["faiss"]["registered"] == {"retrievers": ["faiss"]}
     assert listed["twotower.builtins.retrievers"]["builtin"]

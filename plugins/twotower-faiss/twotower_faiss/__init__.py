@@ -1,7 +1,8 @@
 """twotower-faiss: top-K search with FAISS (flat, HNSW or IVF), as a twotower retriever.
 
 This package is also the template for a new retriever plugin. The whole
-contract is in ``twotower/hookspecs.py`` (``register_retrievers``):
+contract is ``twotower.contracts.Retriever``, registered through
+``register_retrievers`` (``twotower/hookspecs.py``):
 
 1. ``pyproject.toml`` declares an entry point in group ``twotower``; after
    ``pip install`` twotower imports this module and calls its hooks.
