@@ -35,7 +35,7 @@ def encode(model, users, histories):
 
 @pytest.mark.parametrize("encoder", ENCODERS)
 def test_user_vectors_are_normalised_and_cold_users_finite(encoder):
-    model = make_model(encoder).eval()
+    model = make_model(encoder, normalize=True).eval()
     vectors = encode(model, [1, 2, 3, 0], [*HISTORIES, np.zeros(0, dtype=np.int64)])
     assert vectors.shape == (4, 16)
     assert torch.isfinite(vectors).all()

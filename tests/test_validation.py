@@ -46,7 +46,7 @@ def fails(capsys, tmp_path: Path, *argv: str) -> str:
         (["--temperature", "0"], "temperature must be a number > 0, not 0.0"),
         (["--train-mode", "windows"], "train_mode must be one of auto, prefix, sequence"),
         (["--pooling", "max"], "pooling must be one of mean, last, not 'max'"),
-        (["--embedding-dim", "30"], "num_heads (4) must divide embedding_dim (30)"),
+        (["--embedding-dim", "31"], "num_heads (2) must divide embedding_dim (31)"),
         (["--min-temperature", "2"], "min_temperature (2) must not exceed max_temperature (1)"),
         (["--temperature", "2"], "temperature must be in [min_temperature, max_temperature]"),
         (["--hnsw-m", "0"], "hnsw_m must be an integer in [2, 1024], not 0"),
