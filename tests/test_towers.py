@@ -8,6 +8,7 @@ import torch
 from twotower import plugins
 from twotower.config import TwoTowerConfig
 from twotower.data.padding import pad_left
+from twotower.towers.dropout import Dropout
 from twotower.towers.model import TwoTowerModel
 from twotower.towers.runtime import ModelTowers, TorchTowers
 
@@ -130,3 +131,22 @@ def test_model_towers_give_the_model_s_vectors():
         expected = model.encode_items(torch.arange(1, 21)).numpy()
     np.testing.assert_array_equal(towers.encode_items(np.arange(1, 21)), expected)
     assert towers.model is model
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_dropout_drops_each_element_with_probability_p_and_keeps_the_mean(p):
+    torch.manual_seed(0)
+    dropout = Dropout(p)
+    x = torch.ones(100_000, 4)
+    out = dropout(x)
+    dropped = out == 0
+    bound = 6 * (p * (1 - p) / len(x)) ** 0.5  # six standard errors
+    # each of the four 16-bit lanes of one 64-bit draw is its own fair coin
+    for lane in range(4):
+        assert abs(dropped[:, lane].float().mean().item() - p) < bound
+    assert torch.allclose(out[~dropped], torch.full_like(out[~dropped], 1 / (1 - p)))
+    assert dropped.float().mean().item() == pytest.approx(p, abs=bound / 2)
+    torch.manual_seed(0)
+    assert torch.equal(dropout(x), out)  # the seed decides the masks
+    assert torch.equal(dropout.eval()(x), x)
+    assert Dropout(0.0).train()(x) is x

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .dropout import Dropout
 from .user import UserHead, most_recent
 
 
@@ -20,7 +21,7 @@ class GRUEncoder(nn.Module):
         dim = item_embedding.embedding_dim
         self.item_embedding = item_embedding
         self.max_len = config.max_history_len
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.gru = nn.GRU(dim, dim, num_layers=config.num_layers, batch_first=True)
         self.head = UserHead.from_config(config, dim, num_users)
 

@@ -17,12 +17,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from .dropout import Dropout
+
 
 def mlp(in_dim: int, dim: int, dropout: float) -> nn.Sequential:
     """The 2-layer GELU MLP of DESIGN.md's towers."""
-    return nn.Sequential(
-        nn.Linear(in_dim, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, dim)
-    )
+    return nn.Sequential(nn.Linear(in_dim, dim), nn.GELU(), Dropout(dropout), nn.Linear(dim, dim))
 
 
 class ItemEmbedding(nn.Module):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .dropout import Dropout
 from .user import UserHead, masked_mean, most_recent
 
 
@@ -18,7 +19,7 @@ class MeanEncoder(nn.Module):
         dim = item_embedding.embedding_dim
         self.item_embedding = item_embedding
         self.max_len = config.max_history_len
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.head = UserHead.from_config(config, dim, num_users)
 
     def forward(

@@ -25,6 +25,7 @@ from torch import nn
 from ..errors import TwoTowerError
 from ..schema import check_value, one_of
 from .attention import multi_head_attention
+from .dropout import Dropout
 from .user import UserHead, most_recent
 
 POOLINGS = ("mean", "last")
@@ -49,7 +50,7 @@ class Block(nn.Module):
         self.feed_forward = nn.Sequential(
             nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim)
         )
-        self.residual_dropout = nn.Dropout(dropout)
+        self.residual_dropout = Dropout(dropout)
         self.scale = (dim // num_heads) ** -0.5
 
     def forward(
@@ -119,7 +120,7 @@ class TransformerEncoder(nn.Module):
         self.max_len = config.max_history_len
         self.position_embedding = nn.Embedding(config.max_history_len, dim)
         self.blocked = BLOCKED  # an attribute: TorchScript reads no global floats
-        self.input_dropout = nn.Dropout(config.dropout)
+        self.input_dropout = Dropout(config.dropout)
         self.blocks = nn.ModuleList(
             Block(dim, config.num_heads, config.dropout) for _ in range(config.num_layers)
         )

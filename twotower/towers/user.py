@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .dropout import Dropout
 from .item import mlp, unit_length
 
 
@@ -34,7 +35,7 @@ class UserHead(nn.Module):
         self.user_embedding = (
             nn.Embedding(num_users + 1, dim, padding_idx=0) if use_user_id else None
         )
-        self.user_dropout = nn.Dropout(dropout)
+        self.user_dropout = Dropout(dropout)
         self.mlp = mlp(2 * dim if use_user_id else dim, dim, dropout) if use_mlp else None
 
     def forward(self, summary: torch.Tensor, user_ids: torch.Tensor) -> torch.Tensor:
