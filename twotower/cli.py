@@ -180,11 +180,15 @@ def recommendations_table(title: str, items: list[dict[str, Any]]) -> Table:
 
 def cmd_fit(args: argparse.Namespace) -> None:
     from .api import fit, load
+    from .distributed import is_main_process
 
     config = resolve_config(args)
-    if not args.json:
+    printing = is_main_process()  # under torchrun, rank 0 alone prints (and writes)
+    if not args.json and printing:
         print_config(config)
     result = fit(config, progress=not args.json and not args.no_progress)
+    if not printing:
+        return
     recommender = load(result.artifacts_dir)
     sample_user = recommender.user_ids[0]
     sample = [r.to_dict() for r in recommender.recommend(sample_user, k=10)]
