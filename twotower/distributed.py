@@ -19,6 +19,7 @@ rows, as one process's loss over the whole batch would.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -99,19 +100,20 @@ def session(device: str) -> Iterator[Context]:
 def wrap(module: torch.nn.Module, context: Context) -> torch.nn.Module:
     """``module`` under DistributedDataParallel on a group, else ``module`` itself.
 
-    Buffers are not re-broadcast at every step: the built-in towers' only
-    buffer is the fixed genre table, the same on every rank. Unused
-    parameters are looked for, so an encoder that leaves one out of a step
-    (a plugin's) does not stall the gradient reduction.
+    Buffers are not re-synchronised at every step: the built-in towers' only
+    buffer is the fixed genre table, the same on every rank. Every
+    parameter must take part in every step (DDP's fast path; the built-in
+    encoders' do).
     """
     if not context.distributed:
         return module
     from torch.nn.parallel import DistributedDataParallel
 
+    options = inspect.signature(DistributedDataParallel).parameters
+    # torch 2.13 renames broadcast_buffers, which still works but warns
+    sync = "forward_sync_buffers" if "forward_sync_buffers" in options else "broadcast_buffers"
     device_ids = [context.device.index] if context.device.type == "cuda" else None
-    return DistributedDataParallel(
-        module, device_ids=device_ids, broadcast_buffers=False, find_unused_parameters=True
-    )
+    return DistributedDataParallel(module, device_ids=device_ids, **{sync: False})
 
 
 class _GatherRows(torch.autograd.Function):
