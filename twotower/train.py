@@ -108,7 +108,7 @@ def prefix_batches(
     left-padded, so the items are at the end.
     """
     for rows in batch_rows(len(examples), batch_size, generator, context):
-        history = examples.histories[rows]
+        history = examples.histories(rows)
         width = max(1, int((history != 0).sum(axis=1).max()))
         yield examples.users[rows], history[:, -width:], examples.targets[rows]
 
