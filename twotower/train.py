@@ -242,6 +242,13 @@ def start_training(config, split: Split, context: Context = SINGLE) -> Training:
     return Training(model, step, optimizer, averaged, data, batches, batch_size, examples, context)
 
 
+@dataclass
+class EpochStats:
+    loss: float  # mean over the steps of the whole batch's loss
+    steps: int
+    examples: int  # training pairs, over every rank
+
+
 def train_epoch(
     training: Training,
     config,
@@ -249,8 +256,8 @@ def train_epoch(
     generator: torch.Generator,
     on_step: Callable[[int, int, float], None] | None = None,
     max_steps: int | None = None,
-) -> tuple[float, int]:
-    """One pass over the data (or its first ``max_steps`` batches): (mean loss, steps).
+) -> EpochStats:
+    """One pass over the data, or its first ``max_steps`` batches.
 
     The loss reported, and checked for divergence, is the whole batch's: on
     every rank the same number.
@@ -261,9 +268,10 @@ def train_epoch(
     steps_per_epoch = -(-len(training.data) // global_batch)
     if max_steps is not None:
         steps_per_epoch = min(steps_per_epoch, max_steps)
-    total_loss, done = 0.0, 0
+    total_loss, done, examples = 0.0, 0, 0
     batches = training.batches(training.data, training.batch_size, generator, context)
     for step, arrays in enumerate(batches, start=1):
+        examples += int(np.count_nonzero(arrays[-1]))  # targets; 0 where a window has none
         loss = training.step(*arrays)
         training.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -278,7 +286,8 @@ def train_epoch(
             on_step(step, steps_per_epoch, total_loss / step)
         if step == max_steps:
             break
-    return total_loss / max(done, 1), done
+    examples = round(distributed.mean(examples, context) * context.world_size)
+    return EpochStats(total_loss / max(done, 1), done, examples)
 
 
 def train(
@@ -303,7 +312,7 @@ def train(
     headline = f"recall@{config.k_eval}"
     for epoch in range(1, config.epochs + 1):
         started = time.perf_counter()
-        loss, _ = train_epoch(training, config, epoch, generator, on_step)
+        loss = train_epoch(training, config, epoch, generator, on_step).loss
         seconds = time.perf_counter() - started
         try:
             valid = evaluate_model(scored, split, "valid", config, context)
