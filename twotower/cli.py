@@ -466,6 +466,11 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     fit = command("fit", cmd_fit, "train a model, evaluate it, write its artifacts", ["train"])
+    fit.epilog = (
+        "Data-parallel: `torchrun --nproc-per-node N -m twotower fit ...` trains on N ranks "
+        "(gloo on CPU, nccl with --device cuda); N ranks of batch B train as one process "
+        "of batch N x B, and rank 0 writes the artifacts."
+    )
     add_config_flags(fit)
     fit.add_argument("--json", action="store_true", help="print the results as JSON only")
     fit.add_argument("--no-progress", action="store_true", help="hide the progress bar")

@@ -49,7 +49,9 @@ def register_losses(register: Register) -> None:
     frequencies indexed by item index (index 0 is padding). ``batch`` is a
     ``twotower.losses.TrainBatch``: its ``target_items`` are the rows of
     ``item_vecs`` and ``encode_items(ids)`` encodes any other items (sampled
-    negatives, the whole catalog).
+    negatives, the whole catalog). In data-parallel training rows are this
+    rank's; in-batch candidates are ``batch.columns(item_vecs)``, every rank's
+    (see ``TrainBatch``). The loss is the mean over the rows.
     """
 
 

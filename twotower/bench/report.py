@@ -71,31 +71,28 @@ TRAIN: list[Column] = [
     ("s to best epoch", number("seconds_to_best_epoch_mean", ".0f")),
     ("examples/s", number("examples_per_second_mean", ",.0f")),
 ]
-SCALE_TRAIN: list[Column] = [
+WORKLOAD: list[Column] = [  # every scale-train row says which workload it measured
     ("workload", lambda r: r["workload"]),
     ("interactions", number("interactions", ",")),
     ("users", number("users", ",")),
     ("items", number("items", ",")),
+]
+SCALE_TRAIN: list[Column] = [
+    *WORKLOAD,
     ("stage", lambda r: r["stage"]),
     ("seconds", number("seconds", ".1f")),
     ("peak MiB", number("peak_mib", ",.0f")),
     ("added MiB", number("added_mib", ",.0f")),
 ]
 WORKLOADS: list[Column] = [
-    ("workload", lambda r: r["workload"]),
-    ("interactions", number("interactions", ",")),
-    ("users", number("users", ",")),
-    ("items", number("items", ",")),
+    *WORKLOAD,
     ("positives", number("positives", ",")),
     ("windows", number("windows", ",")),
     ("training pairs", number("training_pairs", ",")),
     ("generated in s", number("generate_s", ".1f")),
 ]
 RANKS: list[Column] = [
-    ("workload", lambda r: r["workload"]),
-    ("interactions", number("interactions", ",")),
-    ("users", number("users", ",")),
-    ("items", number("items", ",")),
+    *WORKLOAD,
     ("ranks", number("ranks", "d")),
     ("steps", number("steps", "d")),
     ("examples", number("examples", ",")),
