@@ -53,10 +53,13 @@ def test_growth_is_the_exponent_of_seconds_against_size():
     assert (first["from"], first["to"]) == ("a", "b")
     assert first["exponent"] == pytest.approx(1.0) and second["exponent"] == pytest.approx(2.0)
     assert first["exponent_users_x_items"] == pytest.approx(np.log(4) / np.log(4))
+    assert first["exponent_items"] == pytest.approx(2.0) and second["exponent_items"] is None
     fake = {
         "machine": {"platform": "p", "cpu_count": 2, "memory_gib": 1}, "versions": {},
         "threads": {"torch_per_rank": 1}, "steps": 5, "warmup_steps": 3, "rows": rows,
         "workloads": [], "training": [], "growth": [first, second],
     }  # fmt: skip
     text = report.markdown(fake, "scale-train")
-    assert "| split | a | b | 4.0 | 4.0 | 1.00 |" in text and "| c | 80 | 8 | 10 | split |" in text
+    assert "| split | a | b | 4.0 | 4.0 | 1.00 | 2.00 | 1.00 |" in text
+    assert "| split | b | c | 2.0 | 4.0 | 2.00 | - | 2.00 |" in text
+    assert "| c | 80 | 8 | 10 | split |" in text

@@ -29,6 +29,10 @@ def number(key: str, fmt: str) -> Callable[[dict[str, Any]], str]:
     return lambda row: format(row[key], fmt)
 
 
+def optional(key: str, fmt: str) -> Callable[[dict[str, Any]], str]:
+    return lambda row: "-" if row[key] is None else format(row[key], fmt)
+
+
 def spread(key: str) -> Callable[[dict[str, Any]], str]:
     return lambda row: f"{row[key + '_mean']:.4f} ± {row[key + '_std']:.4f}"
 
@@ -105,8 +109,9 @@ GROWTH: list[Column] = [
     ("to", lambda r: r["to"]),
     ("interactions x", number("interactions_ratio", ".1f")),
     ("seconds x", number("seconds_ratio", ".1f")),
-    ("exponent vs interactions", number("exponent", ".2f")),
-    ("exponent vs users x items", number("exponent_users_x_items", ".2f")),
+    ("exponent vs interactions", optional("exponent", ".2f")),
+    ("vs items", optional("exponent_items", ".2f")),
+    ("vs users x items", optional("exponent_users_x_items", ".2f")),
 ]
 TEXT_COLUMNS = ("runtime", "method", "contender", "workload", "stage", "from", "to")
 
@@ -190,8 +195,8 @@ def markdown(result: dict[str, Any], suite: str) -> str:
             "Training examples/s, one torch thread per rank (each rank trains a batch of the "
             "configured size, so N ranks train N times the examples per step):",
             table(RANKS, result["training"]),
-            "Growth between consecutive workloads (exponent 1 = linear; evaluation scores "
-            "users x items):",
+            "Growth between consecutive workloads: the exponent of seconds against each size "
+            "(1 = linear); the index is built over the items, evaluation scores users x items:",
             table(GROWTH, result["growth"]),
         ]
     else:

@@ -11,8 +11,9 @@ Training examples/s are then measured on more ranks under torchrun, one
 torch thread per rank, against one rank with one thread.
 
 How a stage grows is the exponent of its seconds against the interactions
-between consecutive workloads (1 is linear); evaluation scores every user
-against every item, so its exponent is also given against users x items.
+between consecutive workloads (1 is linear), and against what else may
+drive it: the items (the index is built over the catalog) and users x items
+(evaluation scores every user against every item).
 
 Run as ``python -m twotower.bench.scale_train stages|ranks REQUEST`` a
 process is one of those workers, answering in JSON on stdout.
@@ -147,6 +148,11 @@ def worker(command: list[str], what: str) -> dict[str, Any]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def exponent(seconds_ratio: float, size_ratio: float) -> float | None:
+    """``seconds ~ size ** exponent`` between two runs; None when the size did not change."""
+    return math.log(seconds_ratio) / math.log(size_ratio) if size_ratio != 1 else None
+
+
 def growth(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per stage and pair of consecutive workloads: log(seconds ratio) / log(size ratio)."""
     result = []
@@ -157,6 +163,7 @@ def growth(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for small, large in itertools.pairwise(runs):
             size = large["interactions"] / small["interactions"]
             area = (large["users"] * large["items"]) / (small["users"] * small["items"])
+            catalog = large["items"] / small["items"]
             seconds = large["seconds"] / small["seconds"]
             result.append(
                 {
@@ -165,8 +172,9 @@ def growth(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "to": large["workload"],
                     "interactions_ratio": size,
                     "seconds_ratio": seconds,
-                    "exponent": math.log(seconds) / math.log(size),
-                    "exponent_users_x_items": math.log(seconds) / math.log(area),
+                    "exponent": exponent(seconds, size),
+                    "exponent_items": exponent(seconds, catalog),
+                    "exponent_users_x_items": exponent(seconds, area),
                 }
             )
     return result
