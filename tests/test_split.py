@@ -193,7 +193,7 @@ def test_training_examples_are_the_prefix_pairs_truncated():
 
     examples = training_examples(split, max_history_len=3)
     assert examples.users.tolist() == [1, 1, 1, 1, 3]
-    assert examples.histories.tolist() == [
+    assert examples.histories().tolist() == [
         [0, 0, 1],
         [0, 1, 2],
         [1, 2, 3],

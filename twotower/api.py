@@ -5,6 +5,7 @@ The CLI only parses flags, calls these and renders the results.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 
 from . import artifacts as files
-from . import plugins
+from . import distributed, plugins
 from .config import TwoTowerConfig
 from .data.dataset import Dataset
 from .data.split import Split, make_split
@@ -80,26 +81,32 @@ def fit(config: TwoTowerConfig, progress: bool = True) -> FitResult:
 
     Settings are validated and the artifacts folder is claimed (checked and
     locked) before any data is read, so a run that cannot finish fails first.
+    Under torchrun every rank trains and evaluates its share, every rank
+    returns the same result, and rank 0 alone claims and writes the folder.
     """
     started = time.perf_counter()
     config = validate(config)
     check_device(config.device)
     target = config.resolved_artifacts_dir
-    with files.staged_folder(target, "artifacts", reads=input_files(config)) as folder:
-        split = prepare(config)
-        check_k_eval(config.k_eval, split.num_items)
-        with TrainingProgress(config.epochs, f"recall@{config.k_eval}", enabled=progress) as bar:
-            result = train(config, split, on_epoch=bar.epoch_done, on_step=bar.step)
-        test = evaluate_model(result.model, split, "test", config)
-        test.update(
-            num_users=split.num_users,
-            num_items=split.num_items,
-            mask_seen=config.mask_seen,
-            best_epoch=result.best_epoch,
-        )
-        stages = ("valid", "test")
-        popularity = {stage: evaluate_popularity(split, stage, config) for stage in stages}
-        write_artifacts(folder, config, split, result.model, result.log, test, popularity)
+    with distributed.session(config.device) as context:
+        claim = files.staged_folder(target, "artifacts", reads=input_files(config))
+        with claim if context.is_main else contextlib.nullcontext() as folder:
+            split = prepare(config)
+            check_k_eval(config.k_eval, split.num_items)
+            shown = progress and context.is_main
+            with TrainingProgress(config.epochs, f"recall@{config.k_eval}", enabled=shown) as bar:
+                result = train(config, split, bar.epoch_done, bar.step, context)
+            test = evaluate_model(result.model, split, "test", config, context)
+            test.update(
+                num_users=split.num_users,
+                num_items=split.num_items,
+                mask_seen=config.mask_seen,
+                best_epoch=result.best_epoch,
+            )
+            stages = ("valid", "test")
+            popularity = {stage: evaluate_popularity(split, stage, config) for stage in stages}
+            if folder is not None:
+                write_artifacts(folder, config, split, result.model, result.log, test, popularity)
     return FitResult(
         config,
         target,

@@ -191,11 +191,15 @@ def recommendations_table(title: str, items: list[dict[str, Any]]) -> Table:
 
 def cmd_fit(args: argparse.Namespace) -> None:
     from .api import fit, load
+    from .distributed import is_main_process
 
     config = resolve_config(args)
-    if not args.json:
+    printing = is_main_process()  # under torchrun, rank 0 alone prints (and writes)
+    if not args.json and printing:
         print_config(config)
     result = fit(config, progress=not args.json and not args.no_progress)
+    if not printing:
+        return
     recommender = load(result.artifacts_dir)
     sample_user = recommender.user_ids[0]
     sample = [r.to_dict() for r in recommender.recommend(sample_user, k=10)]
@@ -404,6 +408,19 @@ def cmd_bench_accuracy(args: argparse.Namespace) -> None:
     run_suite(args, lambda notify: train.run(contenders, args.seeds, notify))
 
 
+def cmd_bench_scale_train(args: argparse.Namespace) -> None:
+    from .bench import scale_train
+
+    config = resolve_config(args)
+    config = config.replace(num_threads=config.num_threads or 1)  # per rank, recorded
+    run_suite(
+        args,
+        lambda notify: scale_train.run(
+            args.workloads, args.steps, args.ranks, config, args.workload_seed, notify
+        ),
+    )
+
+
 def report_table(suite: str, result: dict[str, Any]) -> Table:
     from .bench import report
 
@@ -459,6 +476,11 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     fit = command("fit", cmd_fit, "train a model, evaluate it, write its artifacts", ["train"])
+    fit.epilog = (
+        "Data-parallel: `torchrun --nproc-per-node N -m twotower fit ...` trains on N ranks "
+        "(gloo on CPU, nccl with --device cuda); N ranks of batch B train as one process "
+        "of batch N x B, and rank 0 writes the artifacts."
+    )
     add_config_flags(fit)
     fit.add_argument("--json", action="store_true", help="print the results as JSON only")
     fit.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -498,7 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--json", action="store_true", help="print the parity report as JSON")
 
-    bench = command("bench", None, "benchmark suites: serving, scale, train, accuracy")
+    bench = command("bench", None, "benchmark suites: serving, scale, train, accuracy, scale-train")
     suites = bench.add_subparsers(dest="suite", required=True, metavar="SUITE")
 
     def suite(name: str, run: Callable, help_text: str) -> argparse.ArgumentParser:
@@ -555,6 +577,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated: default, FILE.toml, or key=value[+key=value] over the defaults",
     )
     accuracy.add_argument("--seeds", type=seed_list, default=[0, 1, 2], help="seeds (0,1,2)")
+
+    scale_train = suite(
+        "scale-train",
+        cmd_bench_scale_train,
+        "a fit's stages (seconds, peak memory) on ML-1M/10M/25M-shaped synthetic data; "
+        "training examples/s on 1 and more ranks",
+    )
+    add_config_flags(scale_train)
+    scale_train.add_argument(
+        "--workloads",
+        type=lambda text: [part for part in text.split(",") if part],
+        default=["ml-1m", "ml-10m"],
+        metavar="LIST",
+        help="workload shapes: ml-1m, ml-10m, ml-25m (default: ml-1m,ml-10m)",
+    )
+    scale_train.add_argument(
+        "--steps", type=positive_int, default=100, help="timed training steps (default: 100)"
+    )
+    scale_train.add_argument(
+        "--ranks", type=int_list, default=[1, 2], help="ranks to train on (default: 1,2)"
+    )
+    scale_train.add_argument(
+        "--workload-seed", type=int, default=0, help="seed of the synthetic data (default: 0)"
+    )
 
     listing = command("plugins", cmd_plugins, "list plugins and what each registers")
     listing.add_argument("--json", action="store_true", help="print JSON")

@@ -3,7 +3,8 @@
 Every item of the catalog is scored by brute force; each user's conditioning
 history (all earlier positives, not only the truncated window) is removed
 from the ranking unless ``mask_seen`` is off. Users are scored in chunks, so
-memory is bounded by chunk x catalog, never users x catalog.
+memory is bounded by chunk x catalog, never users x catalog. In data-parallel
+training each rank scores its share of the users and the ranks are gathered.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from . import distributed
 from .data.padding import pad_left
 from .data.split import Split
-from .metrics import metric_ks, metrics_from_ranks, target_ranks
+from .distributed import SINGLE, Context
+from .metrics import NonFiniteScores, metric_ks, metrics_from_ranks, target_ranks
 from .towers.model import TwoTowerModel
 
 STAGES = ("valid", "test")
@@ -102,11 +105,28 @@ def model_ranks(
         model.train(was_training)
 
 
-def evaluate_model(model: TwoTowerModel, split: Split, stage: str, config) -> dict[str, float]:
-    """Exact full-catalog metrics of ``model`` on the ``valid`` or ``test`` targets."""
+def evaluate_model(
+    model: TwoTowerModel, split: Split, stage: str, config, context: Context = SINGLE
+) -> dict[str, float]:
+    """Exact full-catalog metrics of ``model`` on the ``valid`` or ``test`` targets.
+
+    On a group each rank ranks its share of the users; every rank gets the
+    metrics of all of them, or every rank raises when any rank's scores are
+    not finite.
+    """
     users, targets = stage_queries(split, stage)
+    mine = context.shard(len(users))
+    users, targets = users[mine], targets[mine]
     histories = [split.history(u, stage) for u in users]
-    ranks = model_ranks(model, split, users, histories, targets, config)
+    try:
+        ranks = model_ranks(model, split, users, histories, targets, config)
+    except NonFiniteScores:
+        if not context.distributed:
+            raise
+        ranks = None
+    ranks = distributed.concatenate(ranks, context)
+    if ranks is None:
+        raise NonFiniteScores("the scores of some users are not finite (NaN or infinite vectors)")
     return metrics_from_ranks(ranks, metric_ks(config.k_eval))
 
 
@@ -135,9 +155,8 @@ def recall_by_position(
 
 def popularity_scores(split: Split, stage: str) -> torch.Tensor:
     """Each item's count in the conditioning data of ``stage``, the same for every user."""
-    counts = np.zeros(split.num_items, dtype=np.float32)
-    for user in range(1, split.num_users + 1):
-        np.add.at(counts, split.history(user, stage) - 1, 1.0)
+    seen = np.concatenate([split.history(u, stage) for u in range(1, split.num_users + 1)])
+    counts = np.bincount(seen - 1, minlength=split.num_items).astype(np.float32)
     return torch.as_tensor(counts).unsqueeze(0).expand(split.num_users, -1)
 
 

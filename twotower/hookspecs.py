@@ -38,7 +38,9 @@ def register_losses(register: Callable[[str, LossFactory], None]) -> None:
     """Register training objectives.
 
     ``register(name, factory)``: ``factory(config, item_counts)`` keeps
-    ``contracts.LossFactory`` and returns a ``contracts.Loss``.
+    ``contracts.LossFactory`` and returns a ``contracts.Loss``. In data-parallel
+    training rows are this rank's; in-batch candidates are
+    ``batch.columns(item_vecs)``, every rank's (see ``TrainBatch``).
     """
 
 

@@ -25,26 +25,67 @@ class NonFiniteScores(TwoTowerError):
     """Scores with NaN or infinity: ranks computed from them would be meaningless."""
 
 
+BLOCK = 1 << 22  # scores compared at once: 16 MiB of float32, near cache size
+
+
 def target_ranks(scores: torch.Tensor, targets: torch.Tensor, excluded: torch.Tensor) -> np.ndarray:
     """Rank of ``targets[u]`` (a column of ``scores``) among the non-excluded columns.
 
     ``scores[U, N]``, ``targets[U]`` (0-based columns), ``excluded[U, N]`` bool. A NaN
     compares false with everything, so a NaN model would rank every target first:
     non-finite scores are refused instead.
-    """
-    import torch  # here: the metrics of retrieved lists need numpy only
 
-    finite = torch.isfinite(scores).all(dim=1)
-    if not finite.all():
-        raise NonFiniteScores(
-            f"the scores of {int((~finite).sum())} of {len(finite)} users are not finite "
-            "(NaN or infinite vectors)"
-        )
+    Evaluation calls this on chunks of a whole catalog, so it is written for
+    memory traffic: a row sum finds non-finite rows (a finite sum means a
+    finite row), rows go through in blocks that fit in cache, and ties with
+    the target, rare with a model's scores, are sorted out where they occur.
+    """
+    check_finite(scores)  # torch is imported in these helpers: found_ranks needs numpy only
+    rows = max(1, BLOCK // max(1, scores.shape[1]))
+    parts = [
+        _block_ranks(scores[i : i + rows], targets[i : i + rows], excluded[i : i + rows])
+        for i in range(0, len(scores), rows)
+    ]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def _block_ranks(scores: torch.Tensor, targets: torch.Tensor, excluded: torch.Tensor):
+    import torch
+
     target_scores = scores.gather(1, targets.view(-1, 1))  # [U, 1]
-    columns = torch.arange(scores.shape[1], device=scores.device).unsqueeze(0)  # [1, N]
-    ahead = (scores > target_scores) | ((scores == target_scores) & (columns < targets.view(-1, 1)))
-    ahead &= ~excluded
-    return (ahead.sum(dim=1) + 1).cpu().numpy()
+    ahead = count(scores > target_scores)  # [U], excluded columns included
+    # excluded columns are few: the ones ahead are found one by one and taken back
+    rows, columns = excluded.nonzero(as_tuple=True)
+    over = scores[rows, columns] > target_scores[rows, 0]
+    ahead -= torch.bincount(rows[over], minlength=len(scores))
+    level = scores == target_scores  # [U, N]: the target itself and its ties
+    tied = torch.nonzero(count(level) > 1).squeeze(1)
+    if len(tied):  # a tie ranks ahead of the target when its column is lower
+        columns = torch.arange(scores.shape[1], device=scores.device).unsqueeze(0)  # [1, N]
+        lower = columns < targets[tied].view(-1, 1)
+        ahead[tied] += count(level[tied] & lower & ~excluded[tied])
+    return (ahead + 1).cpu().numpy()
+
+
+def count(flags: torch.Tensor) -> torch.Tensor:
+    """[U] True values per row of ``flags[U, N]``; summed as bytes, twice as fast as bools."""
+    import torch
+
+    return flags.view(torch.uint8).sum(dim=1, dtype=torch.int32).long()
+
+
+def check_finite(scores: torch.Tensor) -> None:
+    """Refuse scores with a NaN or an infinity, naming how many rows have one."""
+    import torch
+
+    suspects = torch.nonzero(~torch.isfinite(scores.sum(dim=1))).squeeze(1)
+    if not len(suspects):
+        return
+    bad = int((~torch.isfinite(scores[suspects]).all(dim=1)).sum())
+    if bad:
+        raise NonFiniteScores(
+            f"the scores of {bad} of {len(scores)} users are not finite (NaN or infinite vectors)"
+        )
 
 
 def metrics_from_ranks(ranks: np.ndarray, ks: tuple[int, ...]) -> dict[str, float]:

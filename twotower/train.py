@@ -3,6 +3,11 @@
 The model with the best validation Recall@K is kept; test metrics are computed
 on it once, by the caller. With the same seed and thread count a run is
 bit-for-bit repeatable on CPU.
+
+Under torchrun the same loop trains data-parallel (``twotower.distributed``):
+every rank draws the same shuffled order, each global batch of N x B rows is
+cut into the ranks' shares, the step runs under DistributedDataParallel, and
+validation is sharded over users; the early-stopping decision is rank 0's.
 """
 
 from __future__ import annotations
@@ -17,11 +22,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from . import plugins
+from . import distributed, plugins
 from .data.seen import EarlierItems
 from .data.split import Examples, Split, Windows, training_examples, training_windows
+from .distributed import SINGLE, Context
 from .errors import TwoTowerError
 from .evaluation import evaluate_model
 from .losses import TrainBatch
@@ -75,25 +82,42 @@ def resolve_train_mode(config, model: TwoTowerModel) -> str:
     return config.train_mode
 
 
-def prefix_batches(examples: Examples, batch_size: int, generator: torch.Generator):
+def batch_rows(count: int, batch_size: int, generator: torch.Generator, context: Context):
+    """Shuffled row numbers of each batch this rank trains on.
+
+    Every rank draws the same order; batch k of one process with batch size
+    N x B is cut into N contiguous shares, rank r's share being its batch k.
+    A last batch with fewer rows than ranks is left out (DistributedDataParallel
+    needs a step on every rank); on one process every row is trained.
+    """
+    order = torch.randperm(count, generator=generator).numpy()
+    step = batch_size * context.world_size
+    for start in range(0, len(order), step):
+        rows = order[start : start + step]
+        if len(rows) < context.world_size:
+            return
+        yield rows[context.shard(len(rows))]
+
+
+def prefix_batches(
+    examples: Examples, batch_size: int, generator: torch.Generator, context: Context = SINGLE
+):
     """Shuffled (users, history, targets) batches of prefix examples.
 
     Each history is cut to the widest history in its batch: rows are
     left-padded, so the items are at the end.
     """
-    order = torch.randperm(len(examples), generator=generator).numpy()
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        history = examples.histories[rows]
+    for rows in batch_rows(len(examples), batch_size, generator, context):
+        history = examples.histories(rows)
         width = max(1, int((history != 0).sum(axis=1).max()))
         yield examples.users[rows], history[:, -width:], examples.targets[rows]
 
 
-def window_batches(windows: Windows, batch_size: int, generator: torch.Generator):
+def window_batches(
+    windows: Windows, batch_size: int, generator: torch.Generator, context: Context = SINGLE
+):
     """Shuffled (users, inputs, targets) batches of windows, cut to their widest window."""
-    order = torch.randperm(len(windows), generator=generator).numpy()
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
+    for rows in batch_rows(len(windows), batch_size, generator, context):
         inputs = windows.inputs[rows]
         width = max(1, int((inputs != 0).sum(axis=1).max()))
         yield windows.users[rows], inputs[:, -width:], windows.targets[rows][:, -width:]
@@ -111,6 +135,41 @@ def encode_batch(model: TwoTowerModel, mode: str, users, history, targets, devic
     owned = targets != 0  # [B, L]
     rows = user_ids.unsqueeze(1).expand_as(targets)[owned]  # [M]
     return rows, history, mask, vectors[owned], targets[owned]  # [M, d], [M]
+
+
+class TrainStep(nn.Module):
+    """The loss of one batch as a module call: the unit DistributedDataParallel wraps.
+
+    DDP reduces the gradients of what the forward of the module it wraps
+    computed, so the whole step (both towers, the loss plugin, and the
+    catalog a full-catalog loss encodes) happens in this forward. Across
+    ranks the loss is weighed by the rank's share of the batch, so the
+    averaged gradients are those of the mean over every rank's rows.
+    """
+
+    def __init__(self, model: TwoTowerModel, loss_fn, mode: str, earlier: EarlierItems, context):
+        super().__init__()
+        self.model = model
+        self.loss_fn, self.mode, self.earlier, self.context = loss_fn, mode, earlier, context
+
+    def forward(self, users, history, targets) -> torch.Tensor:
+        model, device = self.model, self.model.log_temperature.device
+        user_ids, history, mask, user_vecs, targets = encode_batch(
+            model, self.mode, users, history, targets, device
+        )
+        shards = distributed.shards(len(targets), self.context)
+        batch = TrainBatch(
+            user_ids,
+            history,
+            mask,
+            targets,
+            model.encode_items,
+            model.num_items,
+            earlier_items_of(self.earlier, user_ids, targets),
+            shards,
+        )
+        loss = self.loss_fn(user_vecs, model.encode_items(targets), model.temperature, batch)
+        return loss if shards is None else loss * shards.share
 
 
 def weight_average(model: TwoTowerModel, decay: float) -> AveragedModel | None:
@@ -139,85 +198,144 @@ def stop_if_diverged(epoch: int, step: int, loss: float, grad_norm: float, lr: f
         )
 
 
+@dataclass
+class Training:
+    """A model set up to train on a split: its data, batches, step and optimizer."""
+
+    model: TwoTowerModel
+    step: nn.Module  # TrainStep, under DistributedDataParallel on a group
+    optimizer: torch.optim.Optimizer
+    averaged: AveragedModel | None
+    data: Examples | Windows
+    batches: Callable  # (data, batch_size, generator, context) -> batches of arrays
+    batch_size: int  # per rank
+    examples: int  # training pairs in ``data``
+    context: Context
+
+    @property
+    def scored(self) -> TwoTowerModel:
+        """What validation sees: the weight average when there is one."""
+        return self.averaged.module if self.averaged is not None else self.model
+
+
+def start_training(config, split: Split, context: Context = SINGLE) -> Training:
+    """Seeded model, data, loss, optimizer and step of ``config`` on ``split``."""
+    seed_everything(config.seed, config.num_threads)
+    model = build_model(config, split).to(context.training_device(config.device))
+    if context.rank:
+        torch.manual_seed(config.seed + context.rank)  # each rank its own dropout masks
+    mode = resolve_train_mode(config, model)
+    if mode == "prefix":
+        data = training_examples(split, config.max_history_len)
+        batches, examples, batch_size = prefix_batches, len(data), config.batch_size
+    else:
+        data = training_windows(split, config.max_history_len)
+        batches, examples = window_batches, int((data.targets != 0).sum())
+        batch_size = config.sequence_batch_size
+    # item counts come from the whole split, which every rank holds: logQ is global
+    loss_fn = plugins.losses().get(config.loss)(config, item_counts(split, split.num_items))
+    step = distributed.wrap(TrainStep(model, loss_fn, mode, split.earlier_items, context), context)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    averaged = weight_average(model, config.ema_decay)
+    return Training(model, step, optimizer, averaged, data, batches, batch_size, examples, context)
+
+
+@dataclass
+class EpochStats:
+    loss: float  # mean over the steps of the whole batch's loss
+    steps: int
+    examples: int  # training pairs, over every rank
+
+
+def train_epoch(
+    training: Training,
+    config,
+    epoch: int,
+    generator: torch.Generator,
+    on_step: Callable[[int, int, float], None] | None = None,
+    max_steps: int | None = None,
+) -> EpochStats:
+    """One pass over the data, or its first ``max_steps`` batches.
+
+    The loss reported, and checked for divergence, is the whole batch's: on
+    every rank the same number.
+    """
+    model, context = training.model, training.context
+    model.train()
+    global_batch = training.batch_size * context.world_size
+    steps_per_epoch = -(-len(training.data) // global_batch)
+    if max_steps is not None:
+        steps_per_epoch = min(steps_per_epoch, max_steps)
+    total_loss, done, examples = 0.0, 0, 0
+    batches = training.batches(training.data, training.batch_size, generator, context)
+    for step, arrays in enumerate(batches, start=1):
+        examples += int(np.count_nonzero(arrays[-1]))  # targets; 0 where a window has none
+        loss = training.step(*arrays)
+        training.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        value = distributed.mean(loss.item(), context)
+        stop_if_diverged(epoch, step, value, grad_norm.item(), config.lr)
+        training.optimizer.step()
+        if training.averaged is not None:
+            training.averaged.update_parameters(model)
+        total_loss, done = total_loss + value, step
+        if on_step is not None:
+            on_step(step, steps_per_epoch, total_loss / step)
+        if step == max_steps:
+            break
+    examples = round(distributed.mean(examples, context) * context.world_size)
+    return EpochStats(total_loss / max(done, 1), done, examples)
+
+
 def train(
     config,
     split: Split,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     on_step: Callable[[int, int, float], None] | None = None,
+    context: Context = SINGLE,
 ) -> TrainResult:
     """Train on ``split`` and return the best-validation model with its log.
 
     ``on_step(done, total, loss)`` and ``on_epoch(entry)`` let a caller draw
-    progress; ``entry`` is the epoch's ``train_log.jsonl`` object.
+    progress; ``entry`` is the epoch's ``train_log.jsonl`` object. On a group
+    every rank returns the same result.
     """
-    seed_everything(config.seed, config.num_threads)
-    device = torch.device(config.device)
-    model = build_model(config, split).to(device)
-    mode = resolve_train_mode(config, model)
-    if mode == "prefix":
-        data = training_examples(split, config.max_history_len)
-        make_batches, size, batch_size = prefix_batches, len(data), config.batch_size
-    else:
-        data = training_windows(split, config.max_history_len)
-        make_batches, size = window_batches, int((data.targets != 0).sum())
-        batch_size = config.sequence_batch_size
-    loss_fn = plugins.losses().get(config.loss)(config, item_counts(split, split.num_items))
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
-    )
-    averaged = weight_average(model, config.ema_decay)
-    scored = averaged.module if averaged is not None else model  # what validation sees
+    training = start_training(config, split, context)
+    model, scored = training.model, training.scored
     generator = torch.Generator().manual_seed(config.seed)
-    steps_per_epoch = -(-len(data) // batch_size)
 
     best: dict[str, Any] = {"score": -1.0, "epoch": 0, "state": None, "valid": {}}
     log: list[dict[str, Any]] = []
     headline = f"recall@{config.k_eval}"
     for epoch in range(1, config.epochs + 1):
-        model.train()
-        started, total_loss = time.perf_counter(), 0.0
-        for step, arrays in enumerate(make_batches(data, batch_size, generator), start=1):
-            user_ids, history, mask, user_vecs, targets = encode_batch(model, mode, *arrays, device)
-            batch = TrainBatch(
-                user_ids,
-                history,
-                mask,
-                targets,
-                model.encode_items,
-                split.num_items,
-                earlier_items_of(split.earlier_items, user_ids, targets),
-            )
-            loss = loss_fn(user_vecs, model.encode_items(targets), model.temperature, batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            stop_if_diverged(epoch, step, loss.item(), grad_norm.item(), config.lr)
-            optimizer.step()
-            if averaged is not None:
-                averaged.update_parameters(model)
-            total_loss += loss.item()
-            if on_step is not None:
-                on_step(step, steps_per_epoch, total_loss / step)
+        started = time.perf_counter()
+        loss = train_epoch(training, config, epoch, generator, on_step).loss
         seconds = time.perf_counter() - started
         try:
-            valid = evaluate_model(scored, split, "valid", config)
+            valid = evaluate_model(scored, split, "valid", config, context)
         except NonFiniteScores as exc:
             raise TwoTowerError(f"training diverged at epoch {epoch}: {exc}") from None
         entry = {
             "epoch": epoch,
-            "loss": total_loss / steps_per_epoch,
+            "loss": loss,
             "valid": valid,
             "seconds": seconds,
-            "examples_per_second": size / seconds,
+            "examples_per_second": training.examples / seconds,
             "temperature": model.temperature.item(),
         }
         log.append(entry)
-        if valid[headline] > best["score"]:
+        improved = valid[headline] > best["score"]
+        stop = epoch - (epoch if improved else best["epoch"]) >= config.patience
+        improved, stop = distributed.decide([improved, stop], context)
+        if improved:
             best = {"score": valid[headline], "epoch": epoch, "valid": valid}
             best["state"] = copy.deepcopy(scored.state_dict())
         if on_epoch is not None:
             on_epoch(entry)
-        if epoch - best["epoch"] >= config.patience:
+        if stop:
             break
     model.load_state_dict(best["state"])
     model.eval()

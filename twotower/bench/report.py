@@ -29,6 +29,10 @@ def number(key: str, fmt: str) -> Callable[[dict[str, Any]], str]:
     return lambda row: format(row[key], fmt)
 
 
+def optional(key: str, fmt: str) -> Callable[[dict[str, Any]], str]:
+    return lambda row: "-" if row[key] is None else format(row[key], fmt)
+
+
 def spread(key: str) -> Callable[[dict[str, Any]], str]:
     return lambda row: f"{row[key + '_mean']:.4f} ± {row[key + '_std']:.4f}"
 
@@ -71,7 +75,45 @@ TRAIN: list[Column] = [
     ("s to best epoch", number("seconds_to_best_epoch_mean", ".0f")),
     ("examples/s", number("examples_per_second_mean", ",.0f")),
 ]
-TEXT_COLUMNS = ("runtime", "method", "contender")
+WORKLOAD: list[Column] = [  # every scale-train row says which workload it measured
+    ("workload", lambda r: r["workload"]),
+    ("interactions", number("interactions", ",")),
+    ("users", number("users", ",")),
+    ("items", number("items", ",")),
+]
+SCALE_TRAIN: list[Column] = [
+    *WORKLOAD,
+    ("stage", lambda r: r["stage"]),
+    ("seconds", number("seconds", ".1f")),
+    ("peak MiB", number("peak_mib", ",.0f")),
+    ("added MiB", number("added_mib", ",.0f")),
+]
+WORKLOADS: list[Column] = [
+    *WORKLOAD,
+    ("positives", number("positives", ",")),
+    ("windows", number("windows", ",")),
+    ("training pairs", number("training_pairs", ",")),
+    ("generated in s", number("generate_s", ".1f")),
+]
+RANKS: list[Column] = [
+    *WORKLOAD,
+    ("ranks", number("ranks", "d")),
+    ("steps", number("steps", "d")),
+    ("examples", number("examples", ",")),
+    ("seconds", number("seconds", ".1f")),
+    ("examples/s", number("examples_per_second", ",.0f")),
+]
+GROWTH: list[Column] = [
+    ("stage", lambda r: r["stage"]),
+    ("from", lambda r: r["from"]),
+    ("to", lambda r: r["to"]),
+    ("interactions x", number("interactions_ratio", ".1f")),
+    ("seconds x", number("seconds_ratio", ".1f")),
+    ("exponent vs interactions", optional("exponent", ".2f")),
+    ("vs items", optional("exponent_items", ".2f")),
+    ("vs users x items", optional("exponent_users_x_items", ".2f")),
+]
+TEXT_COLUMNS = ("runtime", "method", "contender", "workload", "stage", "from", "to")
 
 
 def by_position(result: dict[str, Any]) -> str:
@@ -99,6 +141,7 @@ SUITES: dict[str, Callable[[dict[str, Any]], tuple[list[Column], list[dict[str, 
     "scale": lambda result: (SCALE, result["rows"]),
     "train": lambda result: (TRAIN, result["summary"]),
     "accuracy": lambda result: (TRAIN, result["summary"]),
+    "scale-train": lambda result: (SCALE_TRAIN, result["rows"]),
 }
 
 
@@ -137,6 +180,25 @@ def markdown(result: dict[str, Any], suite: str) -> str:
     elif suite == "scale":
         title = "Scale benchmark"
         intro = f"Synthetic clustered {result['dim']}-d catalogs, {result['queries']} queries each."
+    elif suite == "scale-train":
+        title = "Scale-train benchmark"
+        intro = (
+            "A fit's stages on synthetic interactions shaped like MovieLens releases "
+            "(`twotower/bench/workloads.py`), one process per workload: seconds, and peak "
+            "resident memory of the process during the stage (added: above its size when the "
+            f"stage began). Training: {result['warmup_steps']} untimed steps, then "
+            f"{result['steps']} timed ones (`train` includes building the model and its windows)."
+        )
+        sections += [
+            "Workloads:",
+            table(WORKLOADS, result["workloads"]),
+            "Training examples/s, one torch thread per rank (each rank trains a batch of the "
+            "configured size, so N ranks train N times the examples per step):",
+            table(RANKS, result["training"]),
+            "Growth between consecutive workloads: the exponent of seconds against each size "
+            "(1 = linear); the index is built over the items, evaluation scores users x items:",
+            table(GROWTH, result["growth"]),
+        ]
     else:
         title = "Training benchmark" if suite == "train" else "Accuracy benchmark"
         intro = (

@@ -1,4 +1,4 @@
-"""Timing helpers: thread pinning, percentiles, interleaved repetitions, machine facts."""
+"""Timing helpers: thread pinning, percentiles, interleaved runs, stage peaks, machine facts."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import contextlib
 import os
 import platform
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -67,6 +68,39 @@ def interleaved(
 
 def p50_p99(samples: list[float]) -> tuple[float, float]:
     return float(np.percentile(samples, 50)), float(np.percentile(samples, 99))
+
+
+@contextlib.contextmanager
+def stage_peak(record: dict[str, float], interval: float = 0.005) -> Iterator[None]:
+    """Seconds and resident memory of the block, written into ``record``.
+
+    ``peak_mib`` is the highest resident set size seen while the block ran
+    (sampled every ``interval`` seconds by a thread, so a spike shorter than
+    that can be missed), ``added_mib`` how far that is above the size at its
+    start: what the stage needs on top of what the process already holds.
+    """
+    import psutil
+
+    process = psutil.Process()
+    start = peak = process.memory_info().rss
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.wait(interval):
+            peak = max(peak, process.memory_info().rss)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds = time.perf_counter() - started
+        done.set()
+        sampler.join()
+        peak = max(peak, process.memory_info().rss)
+        record.update(seconds=seconds, peak_mib=peak / 2**20, added_mib=(peak - start) / 2**20)
 
 
 def machine() -> dict[str, object]:

@@ -84,6 +84,8 @@ def as_id(values: pd.Series, column: str, source: str, row_offset: int) -> pd.Se
         bad_row(source, first(missing) + row_offset, column, "empty value")
     if pd.api.types.is_float_dtype(values) and (values % 1 == 0).all():
         values = values.astype("int64")  # 12.0 -> "12", as the file meant
+    if pd.api.types.is_integer_dtype(values):
+        return values.astype(str)  # digits only: nothing to strip, never blank
     ids = values.astype(str).str.strip()
     blank = ids == ""
     if blank.any():
