@@ -107,7 +107,7 @@ class InBatchSoftmax:
 
     def logits(self, user_vecs, items, targets, temperature, batch: TrainBatch) -> torch.Tensor:
         """[B, C]: this rank's rows against the batch's columns (``items``, ``targets``)."""
-        scores = user_vecs @ items.T / temperature  # [B, C]
+        scores = user_vecs / temperature @ items.T  # [B, C]
         if self.mask_hits:
             hits = accidental_hits(batch.target_items, targets, batch.labels())
             scores = scores.masked_fill(hits, float("-inf"))
@@ -145,9 +145,10 @@ class FullSoftmax:
 
     def __call__(self, user_vecs, item_vecs, temperature, batch: TrainBatch) -> torch.Tensor:
         catalog = torch.arange(1, batch.num_items + 1, device=user_vecs.device)
-        scores = user_vecs @ batch.encode_items(catalog).T / temperature  # [B, N]
-        if self.mask_seen:
-            scores = scores.masked_fill(batch.seen(catalog), float("-inf"))
+        # the temperature divides the [B, d] users rather than the [B, N] scores: same value
+        scores = user_vecs / temperature @ batch.encode_items(catalog).T  # [B, N]
+        if self.mask_seen:  # the catalog's columns are earlier_items' own
+            scores = scores.masked_fill(batch.earlier_items().to(scores.device), float("-inf"))
         return F.cross_entropy(scores, batch.target_items - 1)
 
 
@@ -168,7 +169,7 @@ class MixedNegatives:
         sampled = batch.shared(sampled.to(user_vecs.device))
         items = batch.columns(item_vecs)  # [C, d]
         candidates = torch.cat([items, batch.encode_items(sampled)])  # [C + S, d]
-        scores = user_vecs @ candidates.T / temperature  # [B, C + S]
+        scores = user_vecs / temperature @ candidates.T  # [B, C + S]
         targets, labels = batch.target_items, batch.labels()
         columns = batch.columns(targets)  # [C]
         if self.mask_hits:
