@@ -536,6 +536,7 @@ def test_workers_serve_and_reload_one_by_one(bundle, core, tmp_path):
 
         reloaded = server.client.post("/admin/reload")
         assert reloaded.status_code == 202
+
         def replaced() -> bool:
             now = worker_pids(server)
             return len(now) == 2 and not now & before
