@@ -450,6 +450,17 @@ def cmd_bench_scale_train(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_bench_serve(args: argparse.Namespace) -> None:
+    from .bench import serve
+
+    def measure(notify: Callable[[str], None]) -> dict:
+        return serve.run(
+            args.bundle, args.requests, args.concurrency, args.workers, args.retrievers, notify
+        )
+
+    run_suite(args, measure)
+
+
 def report_table(suite: str, result: dict[str, Any]) -> Table:
     from .bench import report
 
@@ -665,6 +676,25 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     )
     scale_train.add_argument(
         "--workload-seed", type=int, default=0, help="seed of the synthetic data (default: 0)"
+    )
+
+    served = suite(
+        "serve", cmd_bench_serve, "`twotower serve` under HTTP load vs in-process recommend"
+    )
+    served.add_argument("--bundle", type=Path, required=True, help="the exported bundle to serve")
+    served.add_argument(
+        "--requests", type=positive_int, default=3000, help="timed requests per concurrency"
+    )
+    served.add_argument(
+        "--concurrency", type=int_list, default=[1, 8, 32], help="clients (default: 1,8,32)"
+    )
+    served.add_argument(
+        "--workers", type=int_list, default=[1], help="server processes to try (default: 1)"
+    )
+    served.add_argument(
+        "--retrievers",
+        type=name_list("retrievers"),
+        help="retrievers to serve with (default: the bundle's)",
     )
 
     listing = command("plugins", cmd_plugins, "list plugins and what each registers")
