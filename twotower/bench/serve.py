@@ -38,7 +38,6 @@ from .timing import environment
 K = 10
 WARMUP = 200  # requests per concurrency before the timed ones
 TARGETS = {"concurrency": 8, "p99_ms": 10.0, "ratio": 0.5}  # issue 12's done-when
-SERVE = "import sys; from twotower.cli import main; sys.exit(main(sys.argv[1:]))"
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
@@ -131,7 +130,7 @@ def on_loop(coroutine):
 @contextlib.contextmanager
 def server(bundle: Path, retriever: str, workers: int) -> Iterator[int]:
     """`twotower serve` on a free loopback port, every worker ready: yields the port."""
-    argv = [sys.executable, "-c", SERVE, "serve", "--bundle", str(bundle), "--port", "0"]
+    argv = [sys.executable, "-m", "twotower", "serve", "--bundle", str(bundle), "--port", "0"]
     argv += ["--json", "--retriever", retriever, "--workers", str(workers)]
     with tempfile.TemporaryFile("w+") as log:
         process = subprocess.Popen(
