@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml Makefile $(PLUGINS:=/pyproject.toml)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e ".[dev]" faiss-cpu
+	$(BIN)/python -m pip install --quiet -e ".[dev,serve]" faiss-cpu
 	$(BIN)/python -m pip install --quiet --no-deps $(addprefix -e ,$(PLUGINS))
 	touch $(STAMP)
 

@@ -104,7 +104,9 @@ def add_config_flags(parser: argparse.ArgumentParser, only: Sequence[str] | None
         else:
             kwargs["type"] = field_type(hints[field.name])
             kwargs["metavar"] = field.name.upper()
-            names = registry_choices(REGISTRY_OF[field.name]) if field.name in REGISTRY_OF else None
+            names = None
+            if field.name in REGISTRY_OF and getattr(parser, "reads_registries", True):
+                names = registry_choices(REGISTRY_OF[field.name])
             if names is not None:
                 kwargs["choices"] = names
                 kwargs["metavar"] = "{" + ",".join(names) + "}"
@@ -299,6 +301,33 @@ def cmd_export(args: argparse.Namespace) -> None:
     console.print(f"bundle: {folder}")
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    # only the retriever setting is read (checked by loading the bundle): validating every
+    # setting would load every registry, and with the encoders torch
+    retriever = given_settings(args).get("retriever")  # else the fit's own setting
+    try:
+        from . import server
+    except ImportError as exc:
+        raise TwoTowerError(
+            f"twotower serve needs the serve extra ({exc.name} is not installed): "
+            "pip install 'twotower[serve]'"
+        ) from None
+    server.serve(
+        args.bundle, args.host, args.port, args.workers, retriever, args.threads, args.json
+    )
+
+
+def port_number(text: str) -> int:
+    """A TCP port: 0 (any free one) to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, got {text!r}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """A count (repeats, threads, sizes): an integer of at least 1."""
     try:
@@ -421,6 +450,17 @@ def cmd_bench_scale_train(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_bench_serve(args: argparse.Namespace) -> None:
+    from .bench import serve
+
+    def measure(notify: Callable[[str], None]) -> dict:
+        return serve.run(
+            args.bundle, args.requests, args.concurrency, args.workers, args.retrievers, notify
+        )
+
+    run_suite(args, measure)
+
+
 def report_table(suite: str, result: dict[str, Any]) -> Table:
     from .bench import report
 
@@ -462,7 +502,11 @@ def cmd_plugins(args: argparse.Namespace) -> None:
 # --- the parser ----------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The whole command line. With ``argv``, only the command it runs reads the plugin
+    registries for its flags' choices: loading the encoders and losses imports torch, which
+    ``serve`` never needs."""
+    invoked = next((arg for arg in argv if not arg.startswith("-")), None) if argv else None
     parser = argparse.ArgumentParser(
         prog="twotower",
         description="Two-tower retrieval recommenders: fit, evaluate, recommend.",
@@ -473,6 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, run: Callable, help_text: str, aliases=()) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text, aliases=aliases)
         sub.set_defaults(run=run)
+        sub.reads_registries = invoked in (None, name, *aliases)
         return sub
 
     fit = command("fit", cmd_fit, "train a model, evaluate it, write its artifacts", ["train"])
@@ -509,23 +554,54 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--format",
         default="onnx",
-        choices=registry_choices("formats"),
+        choices=registry_choices("formats") if export.reads_registries else None,
         help="export format plugin (default: onnx)",
     )
     export.add_argument("--out", type=Path, help="bundle folder (default: exports/<name>/)")
     export.add_argument(
         "--quantize",
-        choices=quantization_choices(),
+        choices=quantization_choices() if export.reads_registries else None,
         help="quantize the exported towers, for the formats that offer it (onnx: int8)",
     )
     export.add_argument("--json", action="store_true", help="print the parity report as JSON")
 
-    bench = command("bench", None, "benchmark suites: serving, scale, train, accuracy, scale-train")
+    serve = command("serve", cmd_serve, "answer recommendations over HTTP from a bundle")
+    add_config_flags(serve, ("retriever",))
+    serve.add_argument("--bundle", type=Path, required=True, help="the exported bundle to serve")
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)"
+    )
+    serve.add_argument("--port", type=port_number, default=8000, help="TCP port (default: 8000)")
+    serve.add_argument(
+        "--workers",
+        type=positive_int,
+        default=1,
+        help="server processes, each with its own copy of the bundle (default: 1)",
+    )
+    serve.add_argument(
+        "--threads",
+        type=positive_int,
+        default=1,
+        help="user-tower threads per process (default: 1)",
+    )
+    serve.add_argument(
+        "--json", action="store_true", help="print where it listens as one JSON line, once ready"
+    )
+    serve.epilog = (
+        "Endpoints: exports/README.md, and /docs on the running server. POST /admin/reload "
+        "or SIGHUP reloads the bundle folder; reloading needs loopback, or the token in "
+        "$TWOTOWER_ADMIN_TOKEN when that is set at start."
+    )
+
+    bench = command(
+        "bench", None, "benchmark suites: serving, scale, train, accuracy, scale-train, serve"
+    )
     suites = bench.add_subparsers(dest="suite", required=True, metavar="SUITE")
 
     def suite(name: str, run: Callable, help_text: str) -> argparse.ArgumentParser:
         sub = suites.add_parser(name, help=help_text, description=help_text)
         sub.set_defaults(run=run)
+        sub.reads_registries = bench.reads_registries
         sub.add_argument("--json", action="store_true", help="print the results as JSON")
         sub.add_argument("--json-file", type=Path, metavar="FILE", help="write them as JSON")
         sub.add_argument("--markdown-file", type=Path, metavar="FILE", help="write a Markdown file")
@@ -602,6 +678,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--workload-seed", type=int, default=0, help="seed of the synthetic data (default: 0)"
     )
 
+    served = suite(
+        "serve", cmd_bench_serve, "`twotower serve` under HTTP load vs in-process recommend"
+    )
+    served.add_argument("--bundle", type=Path, required=True, help="the exported bundle to serve")
+    served.add_argument(
+        "--requests", type=positive_int, default=3000, help="timed requests per concurrency"
+    )
+    served.add_argument(
+        "--concurrency", type=int_list, default=[1, 8, 32], help="clients (default: 1,8,32)"
+    )
+    served.add_argument(
+        "--workers", type=int_list, default=[1], help="server processes to try (default: 1)"
+    )
+    served.add_argument(
+        "--retrievers",
+        type=name_list("retrievers"),
+        help="retrievers to serve with (default: the bundle's)",
+    )
+
     listing = command("plugins", cmd_plugins, "list plugins and what each registers")
     listing.add_argument("--json", action="store_true", help="print JSON")
     listing.add_argument("--all", action="store_true", help="include the built-in plugins")
@@ -615,7 +710,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.setLevel(logging.INFO)
         log.propagate = False
     try:
-        args = build_parser().parse_args(argv)
+        argv = sys.argv[1:] if argv is None else argv
+        args = build_parser(argv).parse_args(argv)
         args.run(args)
     except TwoTowerError as exc:
         # the message is text, not markup: "[a, b]" must print as written

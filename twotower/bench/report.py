@@ -113,7 +113,20 @@ GROWTH: list[Column] = [
     ("vs items", optional("exponent_items", ".2f")),
     ("vs users x items", optional("exponent_users_x_items", ".2f")),
 ]
-TEXT_COLUMNS = ("runtime", "method", "contender", "workload", "stage", "from", "to")
+SERVE: list[Column] = [
+    ("retriever", lambda r: r["retriever"]),
+    ("workers", number("workers", "d")),
+    ("concurrency", number("concurrency", "d")),
+    ("requests/s", number("rps", ",.0f")),
+    ("p50 ms", number("p50_ms", ".2f")),
+    ("p95 ms", number("p95_ms", ".2f")),
+    ("p99 ms", number("p99_ms", ".2f")),
+    ("errors", number("errors", "d")),
+    ("wrong answers", number("wrong", "d")),
+    ("in-process recommend/s", number("in_process_rps", ",.0f")),
+    ("HTTP / in-process", number("ratio", ".2f")),
+]
+TEXT_COLUMNS = ("runtime", "method", "contender", "workload", "stage", "from", "to", "retriever")
 
 
 def by_position(result: dict[str, Any]) -> str:
@@ -142,6 +155,7 @@ SUITES: dict[str, Callable[[dict[str, Any]], tuple[list[Column], list[dict[str, 
     "train": lambda result: (TRAIN, result["summary"]),
     "accuracy": lambda result: (TRAIN, result["summary"]),
     "scale-train": lambda result: (SCALE_TRAIN, result["rows"]),
+    "serve": lambda result: (SERVE, result["rows"]),
 }
 
 
@@ -176,6 +190,27 @@ def markdown(result: dict[str, Any], suite: str) -> str:
             f"- `load_bundle(...).recommend` (ONNX + HNSW, seen items excluded, k=10): p50 "
             f"{headline['bundle_recommend_p50_ms']:.3f} ms, p99 "
             f"{headline['bundle_recommend_p99_ms']:.3f} ms"
+        )
+    elif suite == "serve":
+        title = "HTTP serving benchmark"
+        targets = result["targets"]
+        met = [r for r in result["rows"] if r["concurrency"] == targets["concurrency"]]
+        verdicts = "; ".join(
+            f"{r['retriever']} x {r['workers']} worker(s): "
+            + ("met" if r["meets_targets"] else "not met")
+            + f" (p99 {r['p99_ms']:.1f} ms, ratio {r['ratio']:.2f}, {r['errors']} errors)"
+            for r in met
+        )
+        intro = (
+            f"`twotower serve` on loopback, {result['users']} users x {result['items']} items, "
+            f"`GET /v1/users/{{id}}/recommendations?k={result['k']}` for each user in turn, "
+            f"each concurrency {result['rows'][0]['requests']} timed requests after "
+            f"{result['warmup']} untimed; the load generator is a second process on the same "
+            "cores. In-process: `load_bundle(...).recommend` for the same users on one thread, "
+            "before and after each server's runs (mean). Every answer is compared with it.\n\n"
+            f"Targets at concurrency {targets['concurrency']}: no errors, p99 < "
+            f"{targets['p99_ms']:g} ms, HTTP requests/s >= {targets['ratio']:g} x in-process: "
+            f"{verdicts}."
         )
     elif suite == "scale":
         title = "Scale benchmark"
