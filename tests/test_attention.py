@@ -1,4 +1,4 @@
-"""The Transformer's attention: one fused path, equal to attention written out, with dropout on
+"""The Transformer's attention: one function, equal to attention written out, with dropout on
 the attention weights in training, and an implementation an exporter may put in its place."""
 
 import pytest
@@ -80,6 +80,17 @@ def test_dropout_falls_on_the_attention_weights():
     assert (factors.mean(dim=0) - 1.0).abs().amax() < 0.25
 
 
+def test_training_attention_is_the_fused_kernels_softmax():
+    """Training writes the softmax out (its weights go through the towers' dropout); with a
+    probability that rounds to nothing it gives what the fused kernel gives."""
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 4, LENGTH, DIM).unbind(0)
+    mask = padding_mask(4)
+    fused = multi_head_attention(q, k, v, mask, True, HEADS, 0.5)
+    written = multi_head_attention(q, k, v, mask, True, HEADS, 0.5, dropout_p=1e-9)
+    torch.testing.assert_close(written, fused, atol=1e-6, rtol=1e-5)
+
+
 def test_a_block_in_training_drops_attention_weights_reproducibly():
     torch.manual_seed(0)
     block = Block(DIM, HEADS, dropout=0.5).train()
@@ -95,7 +106,7 @@ def test_a_block_in_training_drops_attention_weights_reproducibly():
 
 
 def test_a_replacement_serves_inference_only():
-    """An exporter's implementation is used without dropout; training keeps the fused kernel."""
+    """An exporter's implementation is used without dropout; training keeps ``attend``."""
     torch.manual_seed(0)
     q, k, v = torch.randn(3, 2, LENGTH, DIM).unbind(0)
     mask, calls = padding_mask(2), []

@@ -147,8 +147,9 @@ class FullSoftmax:
         catalog = torch.arange(1, batch.num_items + 1, device=user_vecs.device)
         # the temperature divides the [B, d] users rather than the [B, N] scores: same value
         scores = user_vecs / temperature @ batch.encode_items(catalog).T  # [B, N]
-        if self.mask_seen:  # the catalog's columns are earlier_items' own
-            scores = scores.masked_fill(batch.earlier_items().to(scores.device), float("-inf"))
+        if self.mask_seen:  # the catalog's columns are earlier_items' own; in place: the
+            # product's backward does not read its output
+            scores.masked_fill_(batch.earlier_items().to(scores.device), float("-inf"))
         return F.cross_entropy(scores, batch.target_items - 1)
 
 

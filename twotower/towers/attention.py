@@ -1,10 +1,13 @@
 """Multi-head scaled dot-product attention on [B, L, d] tensors, for training and inference.
 
-One path: a fused ``scaled_dot_product_attention``, which in training drops
-attention weights with probability ``dropout_p`` (as ``nn.MultiheadAttention``
-does). An exporter may compute the same function its own way for the length
-of an export (``replaced_by``): the ONNX format writes it as one standard
-``Attention`` node (``twotower/export/onnx_attention.py``).
+One function: the fused ``scaled_dot_product_attention``; in training, which
+drops attention weights with probability ``dropout_p`` (as
+``nn.MultiheadAttention`` does), the same softmax written out, so that the
+weights go through the towers' ``dropout`` (``towers/dropout.py``): the fused
+kernel draws its dropout masks one Mersenne-Twister number per weight, a
+tenth of a training step. An exporter may compute the inference function its
+own way for the length of an export (``replaced_by``): the ONNX format writes
+it as one standard ``Attention`` node (``twotower/export/onnx_attention.py``).
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from contextvars import ContextVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .dropout import dropout
 
 # (q, k, v, mask, causal, num_heads, scale) -> attended: the same function, computed another way
 Implementation = Callable[[Tensor, Tensor, Tensor, Tensor, bool, int, float], Tensor]
@@ -60,9 +65,10 @@ def attend(
     if causal:
         mask = with_causal(mask, q.shape[1])
     q, k, v = split_heads(q, num_heads), split_heads(k, num_heads), split_heads(v, num_heads)
-    attended = F.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale
-    )
+    if not torch.jit.is_scripting() and dropout_p > 0.0:  # TorchScript serves: no dropout
+        weights = torch.softmax(q @ k.transpose(-2, -1) * scale + mask, dim=-1)
+        return merge_heads(dropout(weights, dropout_p) @ v)
+    attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     return merge_heads(attended)
 
 
@@ -93,7 +99,7 @@ def replaced_by(implementation: Implementation) -> Iterator[None]:
     """Compute inference attention with ``implementation`` inside the block (in this thread).
 
     It must compute what ``attend`` does without dropout; training, which
-    drops attention weights, keeps the fused kernel.
+    drops attention weights, keeps ``attend``.
     """
     token = _replacement.set(implementation)
     try:

@@ -35,7 +35,7 @@ BLOCKED = -1e9  # additive mask value: softmax gives it weight 0, yet nothing be
 class Block(nn.Module):
     """Pre-norm self-attention + GELU feed-forward, each with a residual.
 
-    Attention is one fused kernel in training and inference alike; in
+    Attention is ``attention.attend`` in training and inference alike; in
     training it drops attention weights with probability ``dropout``.
     """
 
