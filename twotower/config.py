@@ -53,7 +53,7 @@ class TwoTowerConfig:
     pooling: str = opt("last", "Transformer pooling: last (item's output) or mean (of history)")
     causal: bool = opt(True, "Transformer attends to earlier items only (allows sequence training)")
     use_user_id: bool = opt(True, "join a learned user-ID embedding to the history summary")
-    use_item_features: bool = opt(True, "add genre embeddings in the item tower")
+    use_item_features: bool = opt(True, "add genre embeddings to each item's ID embedding")
     item_mlp: bool = opt(False, "item tower: a 2-layer MLP over ID + genres (else their sum)")
     user_mlp: bool = opt(False, "user tower: a 2-layer MLP over [history ; user ID] (else sum)")
     init_std: float = opt(0.02, "embedding tables start from N(0, init_std²)")
