@@ -32,6 +32,7 @@ from helpers import error_line, run
 from starlette.requests import Request
 
 from twotower import artifacts
+from twotower.bench.serve import stop
 from twotower.server import Limits, loopback
 from twotower.serving import load_bundle
 from twotower.serving.live import manifest_version
@@ -96,12 +97,7 @@ def serving(bundle: Path, log: Path, *flags: str, env: dict | None = None) -> It
     finally:
         if client is not None:
             client.close()
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
         process.stdin.close()
         process.stdout.close()
 

@@ -150,13 +150,18 @@ def server(bundle: Path, retriever: str, workers: int) -> Iterator[int]:
                 time.sleep(0.1)
             yield port
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop(process)
             process.stdout.close()
+
+
+def stop(process: subprocess.Popen, grace: float = 30) -> None:
+    """End a server process: SIGTERM (uvicorn drains its requests), SIGKILL after ``grace`` s."""
+    process.terminate()
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def serving_workers(port: int) -> int:
