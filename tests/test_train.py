@@ -3,11 +3,14 @@
 import json
 
 import pytest
+import torch
 from helpers import TINY, error_line, run, tiny_config
 
 from twotower import TwoTowerError, fit, plugins
+from twotower.api import prepare
 from twotower.hookspecs import hookimpl
-from twotower.train import stop_if_diverged
+from twotower.train import start_training, stop_if_diverged, train_epoch
+from twotower.validation import validate
 
 
 def test_the_same_seed_gives_the_same_metrics(tmp_path):
@@ -124,3 +127,22 @@ def test_a_non_finite_loss_or_gradient_stops_training(loss, norm):
     with pytest.raises(TwoTowerError, match="training diverged at epoch 3, step 7"):
         stop_if_diverged(3, 7, loss, norm, 0.1)
     stop_if_diverged(3, 7, 1.0, 1.0, 0.1)  # finite: training goes on
+
+
+def test_a_cosine_schedule_halves_the_rate_midway_and_ends_at_zero(tmp_path):
+    config = validate(tiny_config(tmp_path, lr=0.01, epochs=2, lr_schedule="cosine"))
+    split = prepare(config)
+    training = start_training(config, split)
+    generator = torch.Generator().manual_seed(0)
+    rates = []
+    for epoch in (1, 2):
+        train_epoch(training, config, epoch, generator)
+        rates.append(training.optimizer.param_groups[0]["lr"])
+    assert rates == pytest.approx([0.005, 0.0], abs=1e-12)
+    constant = start_training(validate(tiny_config(tmp_path, lr=0.01)), split)
+    assert constant.schedule is None
+
+
+def test_an_unknown_schedule_is_refused_before_any_data_is_read(tmp_path):
+    with pytest.raises(TwoTowerError, match="lr_schedule"):
+        validate(tiny_config(tmp_path, lr_schedule="linear"))

@@ -79,6 +79,9 @@ class TwoTowerConfig:
     sequence_batch_size: int = opt(16, "windows per batch in sequence training (~26 examples each)")
     lr: float = opt(1e-3, "AdamW learning rate")
     weight_decay: float = opt(0.0, "AdamW weight decay")
+    lr_schedule: str = opt(
+        "constant", "learning rate over training: constant, or cosine (from --lr to 0 at --epochs)"
+    )
     ema_decay: float = opt(
         0.999, "validate and keep a moving average of the weights, per step (0 = off)"
     )

@@ -184,6 +184,23 @@ def weight_average(model: TwoTowerModel, decay: float) -> AveragedModel | None:
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
+def learning_rate_schedule(
+    optimizer: torch.optim.Optimizer, config, epoch_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """The per-step schedule of ``config.lr_schedule`` (None for a constant rate).
+
+    ``cosine`` decays the rate from ``lr`` to 0 along half a cosine that ends
+    with epoch ``epochs``: the late, small steps settle the weights where a
+    constant rate keeps them moving, so fewer epochs reach a better model.
+    """
+    if config.lr_schedule == "constant":
+        return None
+    total = max(1, config.epochs * epoch_steps)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+    )
+
+
 def earlier_items_of(earlier: EarlierItems, users: torch.Tensor, targets: torch.Tensor):
     """``TrainBatch.earlier_items`` of one batch: worked out only if the loss asks."""
     return lambda: earlier.before(users.cpu().numpy(), targets.cpu().numpy())
@@ -205,6 +222,7 @@ class Training:
     model: TwoTowerModel
     step: nn.Module  # TrainStep, under DistributedDataParallel on a group
     optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler | None
     averaged: AveragedModel | None
     data: Examples | Windows
     batches: Callable  # (data, batch_size, generator, context) -> batches of arrays
@@ -240,8 +258,18 @@ def start_training(config, split: Split, context: Context = SINGLE) -> Training:
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=fused
     )
+    schedule = learning_rate_schedule(
+        optimizer, config, steps_per_epoch(len(data), batch_size, context)
+    )
     averaged = weight_average(model, config.ema_decay)
-    return Training(model, step, optimizer, averaged, data, batches, batch_size, examples, context)
+    return Training(
+        model, step, optimizer, schedule, averaged, data, batches, batch_size, examples, context
+    )
+
+
+def steps_per_epoch(rows: int, batch_size: int, context: Context) -> int:
+    """Optimizer steps in one pass over ``rows`` training rows, batch ``batch_size`` per rank."""
+    return -(-rows // (batch_size * context.world_size))
 
 
 @dataclass
@@ -266,10 +294,9 @@ def train_epoch(
     """
     model, context = training.model, training.context
     model.train()
-    global_batch = training.batch_size * context.world_size
-    steps_per_epoch = -(-len(training.data) // global_batch)
+    steps = steps_per_epoch(len(training.data), training.batch_size, context)
     if max_steps is not None:
-        steps_per_epoch = min(steps_per_epoch, max_steps)
+        steps = min(steps, max_steps)
     total_loss, done, examples = 0.0, 0, 0
     batches = training.batches(training.data, training.batch_size, generator, context)
     for step, arrays in enumerate(batches, start=1):
@@ -281,11 +308,13 @@ def train_epoch(
         value = distributed.mean(loss.item(), context)
         stop_if_diverged(epoch, step, value, grad_norm.item(), config.lr)
         training.optimizer.step()
+        if training.schedule is not None:
+            training.schedule.step()
         if training.averaged is not None:
             training.averaged.update_parameters(model)
         total_loss, done = total_loss + value, step
         if on_step is not None:
-            on_step(step, steps_per_epoch, total_loss / step)
+            on_step(step, steps, total_loss / step)
         if step == max_steps:
             break
     examples = round(distributed.mean(examples, context) * context.world_size)

@@ -54,6 +54,7 @@ RULES: dict[str, Allowed] = {
     "sequence_batch_size": at_least(1),
     "lr": positive(),
     "weight_decay": at_least(0),
+    "lr_schedule": one_of("constant", "cosine"),
     "ema_decay": between(0, 1, high_open=True),
     "epochs": at_least(1),
     "patience": at_least(1),
