@@ -180,3 +180,15 @@ def test_hnsw_save_load_round_trip(tmp_path, catalog, hnsw):
         a, b = hnsw.search(queries, 10, ex), loaded.search(queries, 10, ex)
         np.testing.assert_array_equal(a[0], b[0])
         np.testing.assert_array_equal(a[1], b[1])
+
+
+def test_hnsw_exclusion_of_one_query_does_not_reach_the_next(catalog, hnsw):
+    _, queries = catalog
+    query = np.repeat(queries[:1], 3, axis=0)  # the same vector three times
+    plain, _ = hnsw.search(query[:1], 10)
+    banned = set(plain[0, :5].tolist())
+    ids, _ = hnsw.search(query, 10, exclude=[banned, set(), banned])
+    np.testing.assert_array_equal(ids[1], plain[0])  # nothing excluded for the middle one
+    for row in (0, 2):
+        assert not banned & set(ids[row].tolist())
+        np.testing.assert_array_equal(ids[row, :5], plain[0, 5:])

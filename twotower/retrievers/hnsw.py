@@ -80,10 +80,15 @@ class HnswRetriever:
             return select_top_k(queries @ vectors.T, k, exclude)
         ids = np.full((len(queries), k), -1, dtype=np.int64)
         scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        excluded = np.zeros(size, dtype=bool)  # one row's excluded items, reset after use
         for row in range(len(queries)):
             found, similarity = labels[row].astype(np.int64), 1.0 - distances[row]
             if exclude is not None and len(exclude[row]):
-                keep = ~np.isin(found, as_ids(exclude[row]))
+                # a lookup table over the catalog: cheaper than np.isin's sort for a query
+                rows = as_ids(exclude[row])
+                excluded[rows] = True
+                keep = ~excluded[found]
+                excluded[rows] = False
                 found, similarity = found[keep], similarity[keep]
             n = min(k, len(found))  # neighbours come sorted, best first
             ids[row, :n], scores[row, :n] = found[:n], similarity[:n]
