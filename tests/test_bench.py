@@ -87,7 +87,11 @@ def test_accuracy_suite_positions_agree_with_the_fit(tmp_path):
     base = tiny_config(tmp_path, epochs=2)
     contenders = [train.contender("default", base), train.contender("ema_decay=0+dropout=0", base)]
     assert contenders[1].config.ema_decay == 0 and contenders[1].config.dropout == 0
-    result = train.run(contenders, seeds=(0,))
+    partial: list[dict] = []
+    result = train.run(contenders, seeds=(0,), on_run=partial.append)
+    # after each fit, the result so far: the first holds the first contender only
+    assert [list(p["contenders"]) for p in partial] == [["default"], list(result["contenders"])]
+    assert partial[-1]["summary"] == result["summary"]
     for name in ("default", "ema_decay=0+dropout=0"):
         (run,) = result["runs"][name]
         positions = run["recall@10_by_position"]

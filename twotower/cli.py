@@ -17,6 +17,7 @@ import sys
 import types
 import typing
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -372,11 +373,20 @@ def seed_list(text: str) -> list[int]:
     return values
 
 
+def write_results(args: argparse.Namespace, result: dict) -> None:
+    """A suite's ``--json-file`` and ``--markdown-file``, each with the command that ran."""
+    from .bench import report
+
+    result["command"] = " ".join(["twotower", *sys.argv[1:]])
+    if args.json_file:
+        report.write_json(result, args.json_file)
+    if args.markdown_file:
+        report.write_markdown(result, args.suite, args.markdown_file)
+
+
 def run_suite(args: argparse.Namespace, measure: Callable[[Callable[[str], None]], dict]) -> dict:
     """Run one bench suite under a spinner, then write, show and return what it measured."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    from .bench import report
 
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
     with Progress(*columns, console=errors, transient=True) as progress:
@@ -386,11 +396,7 @@ def run_suite(args: argparse.Namespace, measure: Callable[[Callable[[str], None]
             progress.update(task, description=f"bench {args.suite}: {message}")
 
         result = measure(notify)
-    result["command"] = " ".join(["twotower", *sys.argv[1:]])
-    if args.json_file:
-        report.write_json(result, args.json_file)
-    if args.markdown_file:
-        report.write_markdown(result, args.suite, args.markdown_file)
+    write_results(args, result)
     if args.json:
         print_json(result)
     else:
@@ -426,7 +432,8 @@ def cmd_bench_train(args: argparse.Namespace) -> None:
     encoders = args.encoders or plugins.user_encoders().names()
     losses = args.losses or plugins.losses().names()
     contenders = train.grid(config, encoders, losses)
-    run_suite(args, lambda notify: train.run(contenders, args.seeds, notify))
+    save = partial(write_results, args)  # after every fit: a stopped run keeps its results
+    run_suite(args, lambda notify: train.run(contenders, args.seeds, notify, save))
 
 
 def cmd_bench_accuracy(args: argparse.Namespace) -> None:
@@ -434,7 +441,8 @@ def cmd_bench_accuracy(args: argparse.Namespace) -> None:
 
     config = resolve_config(args)
     contenders = [train.contender(spec, config) for spec in args.contenders]
-    run_suite(args, lambda notify: train.run(contenders, args.seeds, notify))
+    save = partial(write_results, args)  # after every fit: a stopped run keeps its results
+    run_suite(args, lambda notify: train.run(contenders, args.seeds, notify, save))
 
 
 def cmd_bench_scale_train(args: argparse.Namespace) -> None:

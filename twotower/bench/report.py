@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -10,10 +12,27 @@ from typing import Any
 Column = tuple[str, Callable[[dict[str, Any]], str]]
 
 
-def write_json(result: dict[str, Any], path: Path) -> Path:
+def write_text(path: Path, text: str) -> Path:
+    """Write ``path`` whole or not at all: a temporary sibling, then a rename over it.
+
+    Suites rewrite their files after every run, so a reader (or a stop)
+    never meets half a file.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
     return path
+
+
+def write_json(result: dict[str, Any], path: Path) -> Path:
+    return write_text(path, json.dumps(result, indent=2) + "\n")
 
 
 def table(columns: list[Column], rows: list[dict[str, Any]]) -> str:
@@ -251,6 +270,4 @@ def markdown(result: dict[str, Any], suite: str) -> str:
 
 
 def write_markdown(result: dict[str, Any], suite: str, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(markdown(result, suite), encoding="utf-8")
-    return path
+    return write_text(path, markdown(result, suite))

@@ -126,8 +126,13 @@ def run(
     contenders: Sequence[Contender],
     seeds: Sequence[int] = (0, 1, 2),
     notify: Callable[[str], None] = lambda message: None,
+    on_run: Callable[[dict[str, Any]], None] = lambda result: None,
 ) -> dict[str, Any]:
-    """Fit every contender with every seed; one summary row per contender."""
+    """Fit every contender with every seed; one summary row per contender.
+
+    ``on_run(result)`` gets the result so far after every fit (the contenders
+    with at least one run), so a long benchmark that stops keeps what it measured.
+    """
     runs: dict[str, list[dict[str, Any]]] = {}
     total, done = len(contenders) * len(seeds), 0
     for entry in contenders:
@@ -135,12 +140,19 @@ def run(
             done += 1
             notify(f"[{done}/{total}] {entry.name}, seed {seed}")
             runs.setdefault(entry.name, []).append(one_run(entry.config.replace(seed=seed)))
+            on_run(result_of(contenders, runs))
+    return result_of(contenders, runs)
+
+
+def result_of(contenders: Sequence[Contender], runs: dict[str, list[dict[str, Any]]]) -> dict:
+    """The suite's result over the runs done: machine, contenders, runs and summaries."""
     import torch
 
+    started = [entry for entry in contenders if entry.name in runs]
     threads = {"torch": contenders[0].config.num_threads or torch.get_num_threads()}
     return {
         **environment(threads),
-        "contenders": {entry.name: entry.config.to_dict() for entry in contenders},
+        "contenders": {entry.name: entry.config.to_dict() for entry in started},
         "runs": runs,
-        "summary": [summarise(entry.name, entry.config, runs[entry.name]) for entry in contenders],
+        "summary": [summarise(entry.name, entry.config, runs[entry.name]) for entry in started],
     }
