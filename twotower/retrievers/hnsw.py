@@ -80,7 +80,8 @@ class HnswRetriever:
             return select_top_k(queries @ vectors.T, k, exclude)
         ids = np.full((len(queries), k), -1, dtype=np.int64)
         scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
-        excluded = np.zeros(size, dtype=bool)  # one row's excluded items, reset after use
+        # one row's excluded items, reset after use; only allocated when there are any
+        excluded = np.zeros(size, dtype=bool) if exclude is not None else None
         for row in range(len(queries)):
             found, similarity = labels[row].astype(np.int64), 1.0 - distances[row]
             if exclude is not None and len(exclude[row]):
