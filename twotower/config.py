@@ -49,7 +49,7 @@ class TwoTowerConfig:
     embedding_dim: int = opt(64, "width of both towers")
     num_layers: int = opt(2, "Transformer blocks / GRU layers")
     num_heads: int = opt(2, "attention heads")
-    dropout: float = opt(0.5, "dropout in both towers (inputs, attention, hidden layers, user ID)")
+    dropout: float = opt(0.3, "dropout in both towers (inputs, attention, hidden layers, user ID)")
     pooling: str = opt("last", "Transformer pooling: last (item's output) or mean (of history)")
     causal: bool = opt(True, "Transformer attends to earlier items only (allows sequence training)")
     use_user_id: bool = opt(True, "join a learned user-ID embedding to the history summary")
