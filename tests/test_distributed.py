@@ -1,7 +1,9 @@
 """Data-parallel training on real gloo processes (twotower/distributed.py).
 
 Two ranks of batch B must train as one process of batch 2B: the same loss
-and the same gradients after one step, for every built-in loss. A fit under
+and the same gradients after one step, for every built-in loss. Where GPUs
+exist the same check runs on nccl, one rank per GPU (at most two; on one
+GPU a single nccl rank still takes every collective through nccl). A fit under
 torchrun, two "machines" on loopback with one rank each, must write
 artifacts that load and recommend. (A one-machine launch differs only in
 torchrun's rendezvous; each launch costs seconds of interpreter start-up.)
@@ -19,9 +21,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rank_step
+import torch
 from helpers import TINY
 
 import twotower
+from twotower import distributed
 
 TESTS = Path(__file__).resolve().parent
 # in float64 the two sides differ by rounding alone (~1e-15); the genre table is a float32
@@ -63,29 +67,43 @@ def environment(**variables: object) -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", **{k: str(v) for k, v in variables.items()}}
 
 
-@pytest.fixture(scope="module")
-def steps(tmp_path_factory) -> dict[str, tuple[dict, dict]]:
-    """(2 ranks, 1 process) loss and gradients of every case's first step."""
+GPUS = torch.cuda.device_count()
+WORLDS = [  # (device, ranks): nccl takes a GPU of its own per rank
+    pytest.param(("cpu", 2), id="gloo"),
+    pytest.param(
+        ("cuda", min(2, GPUS)), id="nccl", marks=pytest.mark.skipif(not GPUS, reason="no GPU")
+    ),
+]
+
+
+@pytest.fixture(scope="module", params=WORLDS)
+def steps(request, tmp_path_factory) -> dict[str, tuple[dict, dict]]:
+    """(N ranks, 1 process) loss and gradients of every case's first step."""
+    device, world = request.param
     cases = [
         {"name": str(i), "dtype": settings.pop("dtype"), "settings": settings}
         for i, settings in enumerate(dict(case) for case in CASES.values())
     ]
-    folders = {world: tmp_path_factory.mktemp(f"world{world}") for world in (1, 2)}
+    folders = [tmp_path_factory.mktemp(f"{device}-{side}") for side in ("ranks", "single")]
+    jobs = [{"device": device, "folder": str(f), "batch": BATCH, "cases": cases} for f in folders]
     port = free_port()
     ranks = [
         subprocess.Popen(
-            [sys.executable, str(TESTS / "rank_step.py"), json.dumps(request)],
+            [sys.executable, str(TESTS / "rank_step.py"), json.dumps(jobs[0])],
             env=environment(
-                RANK=rank, LOCAL_RANK=rank, WORLD_SIZE=2, MASTER_ADDR="127.0.0.1", MASTER_PORT=port
+                RANK=rank,
+                LOCAL_RANK=rank,
+                WORLD_SIZE=world,
+                MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=port,
             ),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        for rank in range(2)
-        for request in [{"folder": str(folders[2]), "batch": BATCH, "cases": cases}]
+        for rank in range(world)
     ]
-    rank_step.main({"folder": str(folders[1]), "batch": BATCH, "cases": cases})  # meanwhile
+    rank_step.main(jobs[1])  # meanwhile, the one process, here
     wait_all(ranks)
 
     def read(folder: Path, case: dict) -> dict:
@@ -93,13 +111,13 @@ def steps(tmp_path_factory) -> dict[str, tuple[dict, dict]]:
             return dict(arrays)
 
     return {
-        name: (read(folders[2], case), read(folders[1], case))
+        name: (read(folders[0], case), read(folders[1], case))
         for name, case in zip(CASES, cases, strict=True)
     }
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_two_ranks_of_batch_b_step_like_one_process_of_batch_2b(steps, case):
+def test_n_ranks_of_batch_b_step_like_one_process_of_batch_nb(steps, case):
     ranks, single = steps[case]
     assert set(ranks) == set(single)
     assert len([name for name in single if name.startswith("grad:")]) > 10
@@ -158,3 +176,17 @@ def test_a_two_rank_fit_on_two_loopback_nodes_writes_artifacts_that_load(tmp_pat
     printed = [out for out in wait_all(launches) if out.strip()]
     assert len(printed) == 1  # one of the two nodes holds rank 0
     check_artifacts(tmp_path, printed[0])
+
+
+def test_a_rank_without_a_gpu_of_its_own_is_refused_in_words(monkeypatch):
+    """nccl takes one GPU per process: a rank past the last GPU fails before any rendezvous."""
+    local_rank = torch.cuda.device_count()  # one more process on this machine than GPUs
+    for name, value in {
+        "RANK": local_rank,
+        "LOCAL_RANK": local_rank,
+        "WORLD_SIZE": local_rank + 1,
+    }.items():
+        monkeypatch.setenv(name, str(value))
+    refused = pytest.raises(twotower.TwoTowerError, match=f"local rank {local_rank} finds")
+    with refused, distributed.session("cuda"):
+        pass

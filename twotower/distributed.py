@@ -29,6 +29,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from .errors import TwoTowerError
+
 
 def launched() -> bool:
     """Whether this process is one rank of a group torchrun (or another launcher) started."""
@@ -86,7 +88,7 @@ def session(device: str) -> Iterator[Context]:
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.device(device).type == "cuda":
-        backend, where = "nccl", torch.device("cuda", local_rank)
+        backend, where = "nccl", own_gpu(local_rank)
         torch.cuda.set_device(where)
     else:
         backend, where = "gloo", torch.device("cpu")
@@ -95,6 +97,22 @@ def session(device: str) -> Iterator[Context]:
         yield Context(rank, world_size, where, dist.new_group(backend=backend))
     finally:
         dist.destroy_process_group()
+
+
+def own_gpu(local_rank: int) -> torch.device:
+    """The GPU of the rank with ``local_rank`` on its machine: nccl takes one per process.
+
+    Two ranks on one GPU would fail deep inside nccl ("duplicate GPU"), and a
+    rank beyond the last GPU inside CUDA; both are refused here, in words.
+    """
+    count = torch.cuda.device_count()
+    if local_rank >= count:
+        raise TwoTowerError(
+            f"--device cuda gives every process a GPU of its own, but local rank {local_rank} "
+            f"finds {count} GPU(s) on its machine: start at most as many processes per "
+            "machine (--nproc-per-node) as it has GPUs, or train on CPU with gloo (--device cpu)"
+        )
+    return torch.device("cuda", local_rank)
 
 
 def wrap(module: torch.nn.Module, context: Context) -> torch.nn.Module:
