@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import pytest
 from helpers import run, tiny_config
 
 from twotower.cli import build_parser, resolve_config
@@ -84,3 +85,27 @@ def test_json_prints_json_on_every_command():
         assert "--json" in flags and flags["--json"].nargs == 0, name
         if name.startswith("bench "):
             assert flags["--json-file"].metavar == "FILE", name
+
+
+def option_help(command: str, capsys) -> dict[str, str]:
+    """``twotower COMMAND --help`` as {first flag: its entry, on one line}."""
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([command, "--help"])
+    entries: dict[str, list[str]] = {}
+    for line in capsys.readouterr().out.splitlines():
+        if line.startswith("  -"):  # an entry starts; deeper lines continue it
+            entries[line.split()[0].rstrip(",")] = [line]
+        elif line.startswith("   ") and entries:
+            entries[list(entries)[-1]].append(line)
+    return {flag: " ".join(" ".join(lines).split()) for flag, lines in entries.items()}
+
+
+def test_help_names_one_default_per_flag_and_the_fits_own_where_the_fit_decides(capsys):
+    for command in ("fit", "evaluate", "recommend", "export", "serve"):
+        for flag, text in option_help(command, capsys).items():
+            assert text.count("(default:") <= 1, (command, flag, text)
+    assert option_help("fit", capsys)["--mask-seen"].endswith("(default: True)")
+    # commands over fitted artifacts take these from the fit unless a flag is given
+    assert option_help("evaluate", capsys)["--mask-seen"].endswith("(default: the fit's own)")
+    for command in ("recommend", "serve"):
+        assert option_help(command, capsys)["--retriever"].endswith("(default: the fit's own)")

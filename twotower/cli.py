@@ -85,7 +85,16 @@ def quantization_choices() -> list[str] | None:
     return sorted({scheme for schemes in offered.values() for scheme in schemes})
 
 
-def add_config_flags(parser: argparse.ArgumentParser, only: Sequence[str] | None = None) -> None:
+def add_config_flags(
+    parser: argparse.ArgumentParser,
+    only: Sequence[str] | None = None,
+    saved: Sequence[str] = (),
+) -> None:
+    """One flag per setting of ``TwoTowerConfig`` (or of ``only``), with its default in the help.
+
+    ``saved`` names the settings a command over fitted artifacts takes from
+    the fit when the flag is not given: their help says so, not the default.
+    """
     hints = typing.get_type_hints(TwoTowerConfig)
     defaults = TwoTowerConfig()
     group = parser.add_argument_group("run settings (also keys of --config FILE.toml)")
@@ -111,8 +120,8 @@ def add_config_flags(parser: argparse.ArgumentParser, only: Sequence[str] | None
             if names is not None:
                 kwargs["choices"] = names
                 kwargs["metavar"] = "{" + ",".join(names) + "}"
-        default = getattr(defaults, field.name)
-        if field.name != "extra":
+        default = "the fit's own" if field.name in saved else getattr(defaults, field.name)
+        if field.name != "extra" and "(default:" not in help_text:
             help_text += f" (default: {default})"
         group.add_argument(*flags, help=help_text, **kwargs)
     parser.add_argument(
@@ -539,11 +548,11 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     fit.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     evaluate = command("evaluate", cmd_evaluate, "re-evaluate saved artifacts on the test split")
-    add_config_flags(evaluate, EVALUATE_FIELDS)
+    add_config_flags(evaluate, EVALUATE_FIELDS, saved=EVALUATE_OVERRIDES[1:])
     evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
     recommend = command("recommend", cmd_recommend, "top-K items for a user")
-    add_config_flags(recommend, RECOMMEND_FIELDS)
+    add_config_flags(recommend, RECOMMEND_FIELDS, saved=("retriever",))
     recommend.add_argument("--user-id", required=True, help="raw user id, as in the data")
     recommend.add_argument("--k", type=int, default=10, help="how many items (default: 10)")
     recommend.add_argument(
@@ -574,7 +583,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     export.add_argument("--json", action="store_true", help="print the parity report as JSON")
 
     serve = command("serve", cmd_serve, "answer recommendations over HTTP from a bundle")
-    add_config_flags(serve, ("retriever",))
+    add_config_flags(serve, ("retriever",), saved=("retriever",))
     serve.add_argument("--bundle", type=Path, required=True, help="the exported bundle to serve")
     serve.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)"
