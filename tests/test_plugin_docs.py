@@ -158,3 +158,18 @@ def test_dataset_example_loads_and_splits(example):
     split = api.prepare(testing.tiny_config(dataset=name))
     assert (split.num_users, split.num_items) == (4, 6)
     assert split.genre_names == ["comedy", "drama"]
+
+
+# a line "# Name (path)" and the rest of its code block: lines of a plugin's file
+EXCERPT = re.compile(r"^# [\w.]+ \(([\w/]+\.py)\)(?:, abridged)?\n(.*)", re.M | re.S)
+
+
+def test_every_excerpt_quotes_its_source():
+    """A block headed ``# Name (path)`` shows lines of that plugin file as they are written."""
+    excerpts = [match for code in CODE.findall(DOCS) for match in EXCERPT.findall(code)]
+    assert len(excerpts) >= 2
+    for path, excerpt in excerpts:
+        (source,) = REPO.glob(f"plugins/*/{path}")
+        written = {line.strip() for line in source.read_text(encoding="utf-8").splitlines()}
+        quoted = [line.strip() for line in excerpt.splitlines() if line.strip() not in ("", "...")]
+        assert quoted and set(quoted) <= written, (path, set(quoted) - written)
