@@ -1,6 +1,8 @@
-"""The Python API behind every command: fit, evaluate, load.
+"""The Python API over a run: fit, evaluate, load.
 
-The CLI only parses flags, calls these and renders the results.
+``twotower fit``, ``evaluate`` and ``recommend`` (over an artifacts folder)
+call these; export, bundles and the benchmarks have modules of their own.
+The CLI only parses flags, calls the API and renders the results.
 """
 
 from __future__ import annotations
