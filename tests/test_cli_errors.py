@@ -10,22 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import error_line, run
+from helpers import error_line, run, write_interactions
 
 from twotower import artifacts, plugins
 from twotower.cli import main
-
-
-def write_interactions(path: Path, users: int = 30, items: int = 12) -> Path:
-    """Each user rates 8 of the items, one of them below the positive threshold."""
-    lines = ["user,item,rating,timestamp"]
-    for user in range(1, users + 1):
-        for step in range(8):
-            item = (user * 5 + step * 7) % items + 1
-            rating = 3 if step == 4 else 4 + (user + step) % 2
-            lines.append(f"{user},{item},{rating},{1_000_000 + user * 100 + step}")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
 
 
 def only_error_line(code: int, err: str) -> str:

@@ -5,7 +5,8 @@ and the same gradients after one step, for every built-in loss. Where GPUs
 exist the same check runs on nccl, one rank per GPU (at most two; on one
 GPU a single nccl rank still takes every collective through nccl). A fit under
 torchrun, two "machines" on loopback with one rank each, must write
-artifacts that load and recommend. (A one-machine launch differs only in
+artifacts that load and recommend, and refuse to train when the machines
+were started with other settings or read other data. (A one-machine launch differs only in
 torchrun's rendezvous; each launch costs seconds of interpreter start-up.)
 """
 
@@ -22,7 +23,7 @@ import numpy as np
 import pytest
 import rank_step
 import torch
-from helpers import TINY
+from helpers import TINY, write_interactions
 
 import twotower
 from twotower import distributed
@@ -156,26 +157,61 @@ def torchrun(*arguments: object) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", *map(str, arguments)]
 
 
-def test_a_two_rank_fit_on_two_loopback_nodes_writes_artifacts_that_load(tmp_path):
-    """Two torchrun launches meet at one rendezvous (as two machines would); rank 0 writes."""
+def two_nodes(argvs: list[list[str]], cwds: list[Path]) -> list[subprocess.Popen]:
+    """``twotower ARGV`` under two torchrun launches, one rank each, every launch with its
+    own argv and folder, meeting at one rendezvous on loopback as two machines would."""
     endpoint = f"127.0.0.1:{free_port()}"
-    launches = [
+    launch = torchrun("--nnodes", 2, "--nproc-per-node", 1, "--rdzv-backend", "c10d")
+    launch += ["--rdzv-endpoint", endpoint, "--rdzv-id", "loopback", "-m", "twotower"]
+    return [
         subprocess.Popen(
-            [
-                *torchrun("--nnodes", 2, "--nproc-per-node", 1, "--rdzv-backend", "c10d"),
-                *("--rdzv-endpoint", endpoint, "--rdzv-id", "loopback", "-m", "twotower"),
-                *fit_argv(tmp_path),
-            ],
+            [*launch, *argv],
+            cwd=cwd,
             env=environment(),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        for _ in range(2)
+        for argv, cwd in zip(argvs, cwds, strict=True)
     ]
+
+
+def test_a_two_rank_fit_on_two_loopback_nodes_writes_artifacts_that_load(tmp_path):
+    """Rank 0 alone writes the artifacts, and prints."""
+    launches = two_nodes([fit_argv(tmp_path)] * 2, [tmp_path] * 2)
     printed = [out for out in wait_all(launches) if out.strip()]
     assert len(printed) == 1  # one of the two nodes holds rank 0
     check_artifacts(tmp_path, printed[0])
+
+
+@pytest.mark.parametrize("differs", ["settings", "data"])
+def test_machines_started_otherwise_or_reading_other_data_are_refused_in_words(tmp_path, differs):
+    """Each machine reads its own copy of the file, at the same relative path; a rank whose
+    settings or data differ from rank 0's fails the run on every rank, and nothing is left."""
+    nodes = [tmp_path / "node0", tmp_path / "node1"]
+    for node in nodes:
+        node.mkdir()
+        write_interactions(node / "ratings.csv")
+    argv = ["fit", "--dataset", "files", "--interactions", "ratings.csv", "--epochs", "1"]
+    argvs = [[*argv, "--no-progress"], [*argv, "--no-progress"]]
+    if differs == "settings":
+        argvs[1] += ["--lr", "0.002"]
+    else:  # node 1's copy holds user 1's first two ratings in the other order
+        header, first, second, *rest = (nodes[1] / "ratings.csv").read_text().splitlines()
+        swapped = [first.rsplit(",", 1)[0] + "," + second.rsplit(",", 1)[1]]
+        swapped.append(second.rsplit(",", 1)[0] + "," + first.rsplit(",", 1)[1])
+        (nodes[1] / "ratings.csv").write_text("\n".join([header, *swapped, *rest]) + "\n")
+    outcomes = []
+    for launch in two_nodes(argvs, nodes):
+        _, err = launch.communicate(timeout=240)
+        outcomes.append((launch.returncode, err))
+    assert all(code != 0 for code, _ in outcomes)
+    said = {
+        "settings": "error: the settings of rank(s) 1 differ from rank 0's",
+        "data": "error: the data rank(s) 1 read differ from rank 0's",
+    }[differs]
+    assert any(said in err for _, err in outcomes), outcomes[0][1][-2000:]
+    assert not [path for node in nodes for path in node.rglob("*artifacts*")]
 
 
 def test_a_rank_without_a_gpu_of_its_own_is_refused_in_words(monkeypatch):

@@ -91,9 +91,21 @@ def fit(config: TwoTowerConfig, progress: bool = True) -> FitResult:
     check_device(config.device)
     target = config.resolved_artifacts_dir
     with distributed.session(config.device) as context:
+        distributed.agree(
+            config.fingerprint,
+            context,
+            "the settings of rank(s) {ranks} differ from rank 0's: start every machine "
+            "with the same twotower command",
+        )
         claim = files.staged_folder(target, "artifacts", reads=input_files(config))
         with claim if context.is_main else contextlib.nullcontext() as folder:
             split = prepare(config)
+            distributed.agree(
+                split.fingerprint,
+                context,
+                "the data rank(s) {ranks} read differ from rank 0's: every machine must "
+                "read the same files at the same path",
+            )
             check_k_eval(config.k_eval, split.num_items)
             shown = progress and context.is_main
             with TrainingProgress(config.epochs, f"recall@{config.k_eval}", enabled=shown) as bar:

@@ -8,6 +8,7 @@ is saved with the artifacts as JSON so a run can be reproduced or re-loaded.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import tomllib
 from dataclasses import dataclass, field
@@ -114,6 +115,10 @@ class TwoTowerConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def fingerprint(self) -> str:
+        """sha256 of every setting: runs with one fingerprint were asked for the same thing."""
+        return hashlib.sha256(self.to_json().encode("utf-8")).hexdigest()
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> TwoTowerConfig:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -229,6 +229,25 @@ def concatenate(values: np.ndarray | None, context: Context) -> np.ndarray | Non
     with torch.no_grad():
         gathered = _GatherRows.apply(rows, counts, context.rank, context.group)
     return gathered.cpu().numpy()
+
+
+def agree(fingerprint: Callable[[], str], context: Context, refusal: str) -> None:
+    """Refuse, on every rank alike, a group whose ranks hold different ``fingerprint()``.
+
+    ``fingerprint`` gives the sha256 hex digest of what must be the same on
+    every rank (the settings, the data read), and is called only in a group;
+    ``refusal`` is the message, with ``{ranks}`` for the ranks that differ
+    from rank 0. Machines started with other flags, or reading their own
+    copies of the files, would otherwise train one model on mismatched
+    shards without a word.
+    """
+    if not context.distributed:
+        return
+    digest = fingerprint()
+    every = concatenate(np.array([int(digest[:15], 16)], dtype=np.int64), context)
+    differ = [str(rank) for rank, value in enumerate(every) if value != every[0]]
+    if differ:
+        raise TwoTowerError(refusal.format(ranks=", ".join(differ)))
 
 
 def mean(value: float, context: Context) -> float:
