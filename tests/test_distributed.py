@@ -214,6 +214,25 @@ def test_machines_started_otherwise_or_reading_other_data_are_refused_in_words(t
     assert not [path for node in nodes for path in node.rglob("*artifacts*")]
 
 
+def test_a_parameter_without_gradient_is_refused_by_name_under_torchrun(tmp_path):
+    """DistributedDataParallel would fail the second step inside torch; the first is refused."""
+    launch = torchrun("--standalone", "--nproc-per-node", 2, TESTS / "rank_fit.py")
+    ranks = subprocess.run(
+        [*launch, *fit_argv(tmp_path)],
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert ranks.returncode != 0
+    assert (
+        "error: under torchrun every parameter must take part in every step, but "
+        "user_tower.spare got no gradient" in ranks.stderr
+    ), ranks.stderr[-2000:]
+    assert "finished reduction" not in ranks.stderr  # the error torch would give
+    assert not list(tmp_path.rglob("*artifacts*"))
+
+
 def test_a_rank_without_a_gpu_of_its_own_is_refused_in_words(monkeypatch):
     """nccl takes one GPU per process: a rank past the last GPU fails before any rendezvous."""
     local_rank = torch.cuda.device_count()  # one more process on this machine than GPUs

@@ -201,6 +201,7 @@ def check_user_encoder(encoder: str | type, **config_changes: Any) -> None:
             assert losses[-1] < losses[0], f"{what}: training loss did not decrease: {losses}"
         model = result.model.eval()
         conforms(what, model.user_tower, contracts.UserEncoder)
+        check_every_parameter_learns(what, config)
         check_user_vectors(what, model, config)
         check_sequence(what, model, config)
         for format_name in plugins.formats().names():
@@ -209,6 +210,19 @@ def check_user_encoder(encoder: str | type, **config_changes: Any) -> None:
                 exporter.export(model, Path(folder))
                 towers = exporter.load(Path(folder))
                 assert_towers_match(f"{what} exported to {format_name}", model, towers, False)
+
+
+def check_every_parameter_learns(what: str, config: TwoTowerConfig) -> None:
+    """One training step gives every trainable parameter a gradient: training under
+    torchrun (DistributedDataParallel) waits for every one in every step."""
+    from .train import parameters_without_gradient, start_training
+
+    training = start_training(config, tiny_split())
+    generator = torch.Generator().manual_seed(config.seed)
+    arrays = next(iter(training.batches(training.data, training.batch_size, generator)))
+    training.step(*arrays).backward()
+    unused = parameters_without_gradient(training.model)
+    assert not unused, f"{what}: no gradient reaches {unused} in a training step"
 
 
 def check_user_vectors(what: str, model: TwoTowerModel, config: TwoTowerConfig) -> None:

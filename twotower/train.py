@@ -206,6 +206,23 @@ def earlier_items_of(earlier: EarlierItems, users: torch.Tensor, targets: torch.
     return lambda: earlier.before(users.cpu().numpy(), targets.cpu().numpy())
 
 
+def parameters_without_gradient(model: nn.Module) -> list[str]:
+    """The trainable parameters the last backward pass gave no gradient."""
+    return [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+
+
+def refuse_unused_parameters(model: nn.Module) -> None:
+    """DistributedDataParallel waits for every parameter's gradient in every step: one
+    left out fails the next step deep inside torch, so it is refused here, by name."""
+    unused = parameters_without_gradient(model)
+    if unused:
+        raise TwoTowerError(
+            "under torchrun every parameter must take part in every step, but "
+            f"{', '.join(unused)} got no gradient; train in one process, or use every "
+            "parameter the encoder owns"
+        )
+
+
 def stop_if_diverged(epoch: int, step: int, loss: float, grad_norm: float, lr: float) -> None:
     """A NaN or infinite loss or gradient ends the run: a diverged model is never scored."""
     if not (math.isfinite(loss) and math.isfinite(grad_norm)):
@@ -304,6 +321,8 @@ def train_epoch(
         loss = training.step(*arrays)
         training.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if step == 1 and context.distributed:
+            refuse_unused_parameters(model)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         value = distributed.mean(loss.item(), context)
         stop_if_diverged(epoch, step, value, grad_norm.item(), config.lr)
