@@ -1,6 +1,7 @@
 """The CLI's contract: config resolution, the original commands, JSON output."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,18 @@ def test_help_names_one_default_per_flag_and_the_fits_own_where_the_fit_decides(
     assert option_help("evaluate", capsys)["--mask-seen"].endswith("(default: the fit's own)")
     for command in ("recommend", "serve"):
         assert option_help(command, capsys)["--retriever"].endswith("(default: the fit's own)")
+
+
+def test_a_fit_logged_to_a_file_prints_one_line_per_epoch(capsys, tmp_path):
+    """stderr is no terminal here, as in a log file: no redrawn bars, a line per epoch."""
+    argv = ["fit", "--dataset", "synthetic", "--data-dir", tmp_path, "--epochs", 3]
+    argv += ["--max-history-len", 8, "--set", "synthetic_num_users=60"]
+    code, _, err = run(capsys, *argv)
+    assert code == 0
+    epochs = [line for line in err.splitlines() if line.startswith("epoch ")]
+    assert [line.split()[1] for line in epochs] == ["1/3", "2/3", "3/3"]
+    assert all(
+        re.fullmatch(r"epoch \S+  loss [\d.]+  [\d,]+ ex/s  valid recall@10 [\d.]+  [\d.]+ s", line)
+        for line in epochs
+    ), epochs
+    assert "━" not in err  # no bar was drawn

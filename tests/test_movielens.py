@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -308,8 +310,17 @@ def test_fetch_falls_back_to_the_recbole_wheel(tmp_path, wheel_dir):
     broken = grouplens_zip(tmp_path)
     broken.md5 = "f" * 32
     data_dir = tmp_path / "data"
-    folder = movielens.fetch(data_dir, [broken, recbole_source(wheel_dir)])
+    wheel = recbole_source(wheel_dir)
+    actual_md5 = hashlib.md5((tmp_path / "ml-100k.zip").read_bytes()).hexdigest()
+    notes: list[str] = []
+    folder = movielens.fetch(data_dir, [broken, wheel], notify=notes.append)
     assert folder == data_dir / "ml-100k"
+    assert notes == [  # the user is told where the data comes from, and what failed
+        f"fetching it from {broken.name}",
+        f"{broken.name} failed: checksum mismatch (md5 {actual_md5}, expected {broken.md5})",
+        f"fetching it from {wheel.name}",
+        f"MovieLens-100K is in {folder}",
+    ]
     assert leftovers(data_dir) == ["ml-100k"]
     assert sorted(p.name for p in folder.iterdir()) == ["ml-100k.inter", "ml-100k.item"]
     for name, payload in recbole_files().items():
@@ -358,3 +369,35 @@ def test_fetch_next_to_an_existing_folder_leaves_no_staging(tmp_path):
         movielens.fetch(data_dir, [grouplens_zip(tmp_path)])
     assert leftovers(data_dir) == ["ml-100k"]
     assert mine.read_text() == "mine"
+
+
+SLOW_FETCH = """
+import sys, time
+from pathlib import Path
+from twotower.data import movielens
+
+class Slow(movielens.GroupLensZip):
+    def fetch(self, target):
+        time.sleep(3)  # long enough for the other process to reach the lock meanwhile
+        super().fetch(target)
+
+source = Slow(url=sys.argv[2], md5=sys.argv[3])
+print(movielens.fetched(Path(sys.argv[1]), [source], notify=print))
+"""
+
+
+def test_two_processes_sharing_a_data_dir_fetch_once(tmp_path):
+    """As two ranks of a torchrun group would: the second waits for the first's folder."""
+    source = grouplens_zip(tmp_path)
+    data_dir = tmp_path / "data"
+    argv = [sys.executable, "-c", SLOW_FETCH, str(data_dir), source.url, source.md5]
+    runs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
+    runs.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = []
+    for run in runs:
+        out, err = run.communicate(timeout=120)
+        assert run.returncode == 0, err[-2000:]
+        outputs.append(out.splitlines())
+    assert [lines[-1] for lines in outputs] == [str(data_dir / "ml-100k")] * 2
+    assert sum(line.startswith("fetching it from") for lines in outputs for line in lines) == 1
+    assert leftovers(data_dir) == ["ml-100k"]  # no staging folder, no lock file

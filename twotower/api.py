@@ -24,7 +24,7 @@ from .data.dataset import Dataset
 from .data.split import Split, make_split
 from .errors import TwoTowerError
 from .evaluation import evaluate_model, evaluate_popularity
-from .progress import TrainingProgress
+from .progress import TrainingProgress, note
 from .recommendation import Recommender, prebuilt_indexes, saved_config
 from .towers.model import TwoTowerModel
 from .towers.runtime import ModelTowers
@@ -97,6 +97,9 @@ def fit(config: TwoTowerConfig, progress: bool = True) -> FitResult:
             "the settings of rank(s) {ranks} differ from rank 0's: start every machine "
             "with the same twotower command",
         )
+        if context.distributed:
+            backend = "nccl" if context.device.type == "cuda" else "gloo"
+            note(f"data-parallel training on {context.world_size} ranks ({backend})")
         claim = files.staged_folder(target, "artifacts", reads=input_files(config))
         with claim if context.is_main else contextlib.nullcontext() as folder:
             split = prepare(config)

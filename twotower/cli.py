@@ -166,7 +166,8 @@ def print_json(value: Any) -> None:
 
 def print_config(config: TwoTowerConfig) -> None:
     table = Table(title="resolved config", show_header=False, box=None, pad_edge=False)
-    cells = [f"[dim]{k}[/dim]={v}" for k, v in config.to_dict().items()]
+    values = {**config.to_dict(), "artifacts_dir": config.resolved_artifacts_dir}
+    cells = [f"[dim]{k}[/dim]={v}" for k, v in values.items()]
     for _ in range(3):
         table.add_column()
     for row in range(0, len(cells), 3):

@@ -1,4 +1,5 @@
-"""The rich progress bar of a training run: epoch, loss, examples/s, last valid Recall@K."""
+"""What a long run tells the user on stderr: the progress bars of training (epoch, loss,
+examples/s, last valid Recall@K) and one-line notes (a download, the ranks)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,26 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 console = Console(stderr=True)
 
 
+def note(message: str) -> None:
+    """One dim line on stderr, from rank 0 alone under torchrun."""
+    from .distributed import is_main_process  # lazily: the torch-free paths never note
+
+    if is_main_process():
+        console.print(f"[dim]{message}[/dim]", highlight=False)
+
+
 class TrainingProgress:
-    """Draws one bar for the epochs and one for the steps of the current epoch."""
+    """Draws one bar for the epochs and one for the steps of the current epoch.
+
+    Where stderr is no terminal (a log file, a pipe) a redrawn bar leaves
+    nothing readable behind, so each epoch prints one line instead.
+    """
 
     def __init__(self, epochs: int, headline: str, enabled: bool = True):
         self.headline = headline
         self.enabled = enabled
-        self.status = "loss -"
+        self.lines = enabled and not console.is_terminal
+        self.total = epochs
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -24,7 +38,7 @@ class TrainingProgress:
             TextColumn("{task.fields[status]}"),
             TimeElapsedColumn(),
             console=console,
-            disable=not enabled,
+            disable=not enabled or self.lines,
             transient=False,
         )
         self.epochs = self.progress.add_task("epochs", total=epochs, status="")
@@ -42,8 +56,10 @@ class TrainingProgress:
 
     def epoch_done(self, entry: dict[str, Any]) -> None:
         status = (
-            f"epoch {entry['epoch']}  loss {entry['loss']:.4f}  "
-            f"{entry['examples_per_second']:,.0f} ex/s  "
+            f"loss {entry['loss']:.4f}  {entry['examples_per_second']:,.0f} ex/s  "
             f"valid {self.headline} {entry['valid'][self.headline]:.4f}"
         )
-        self.progress.update(self.epochs, advance=1, status=status)
+        self.progress.update(self.epochs, advance=1, status=f"epoch {entry['epoch']}  {status}")
+        if self.lines:
+            line = f"epoch {entry['epoch']}/{self.total}  {status}  {entry['seconds']:.1f} s"
+            console.print(line, highlight=False)

@@ -24,10 +24,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..artifacts import exclusive
 from ..errors import TwoTowerError
+from ..progress import note
 from .dataset import Dataset, normalise_interactions
 
 FOLDER = "ml-100k"
+FETCH_WAIT = 900  # seconds a run waits while another fetches into the same folder
 GROUPLENS_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
 GROUPLENS_MD5 = "0e33842e24a9c977be4e0107933c0723"  # as GroupLens publishes it
 RECBOLE_REQUIREMENT = "recbole==1.2.1"
@@ -225,7 +228,11 @@ def safe_extract(archive: zipfile.ZipFile, destination: Path) -> None:
         archive.extract(member, root)
 
 
-def fetch(data_dir: Path, sources: Sequence[Source] | None = None) -> Path:
+def fetch(
+    data_dir: Path,
+    sources: Sequence[Source] | None = None,
+    notify: Callable[[str], None] = lambda message: None,
+) -> Path:
     """Download ML-100K into ``data_dir/ml-100k`` from the first source that works."""
     sources = [GroupLensZip(), RecBoleWheel()] if sources is None else sources
     target = data_dir / FOLDER
@@ -236,13 +243,35 @@ def fetch(data_dir: Path, sources: Sequence[Source] | None = None) -> Path:
         )
     failures = []
     for source in sources:
+        notify(f"fetching it from {source.name}")
         try:
             source.fetch(target)
         except Exception as exc:  # every reason is reported below, none is fatal alone
             failures.append(f"{source.name}: {exc}")
+            notify(f"{source.name} failed: {exc}")
             continue
+        notify(f"MovieLens-100K is in {target}")
         return target
     raise TwoTowerError("could not fetch MovieLens-100K; " + "; ".join(failures))
+
+
+def fetched(
+    data_dir: Path,
+    sources: Sequence[Source] | None = None,
+    notify: Callable[[str], None] = lambda message: None,
+) -> Path:
+    """The ML-100K folder in ``data_dir``, fetched unless there.
+
+    One fetch at a time: the ranks of a torchrun group, or two runs, that
+    share ``data_dir`` wait for the first, then find its folder.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with exclusive(data_dir / FOLDER, wait=FETCH_WAIT):
+        folder = find_local(data_dir)
+        if folder is None:
+            notify(f"MovieLens-100K not in {data_dir}")
+            folder = fetch(data_dir, sources, notify)
+    return folder
 
 
 def load(
@@ -259,8 +288,7 @@ def load(
                 f"MovieLens-100K not found in {data_dir} (u.data or ml-100k.inter); "
                 "allow downloading or point --data-dir at it"
             )
-        notify(f"MovieLens-100K not in {data_dir}; fetching it")
-        folder = fetch(data_dir, sources)
+        folder = fetched(data_dir, sources, notify)
     dataset = read_folder(folder)
     digest = canonical_sha256(dataset.interactions)
     if digest != INTERACTIONS_SHA256:
@@ -271,6 +299,6 @@ def load(
     return dataset
 
 
-def load_for_config(config, notify: Callable[[str], None] = lambda message: None) -> Dataset:
-    """The ``movielens-100k`` dataset plugin."""
-    return load(Path(config.data_dir), download=config.download, notify=notify)
+def load_for_config(config) -> Dataset:
+    """The ``movielens-100k`` dataset plugin; a fetch is told on stderr."""
+    return load(Path(config.data_dir), download=config.download, notify=note)
