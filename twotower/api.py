@@ -97,7 +97,7 @@ def fit(config: TwoTowerConfig, progress: bool = True) -> FitResult:
             "the settings of rank(s) {ranks} differ from rank 0's: start every machine "
             "with the same twotower command",
         )
-        if context.distributed:
+        if context.distributed and context.is_main:
             backend = "nccl" if context.device.type == "cuda" else "gloo"
             note(f"data-parallel training on {context.world_size} ranks ({backend})")
         claim = files.staged_folder(target, "artifacts", reads=input_files(config))

@@ -12,11 +12,8 @@ console = Console(stderr=True)
 
 
 def note(message: str) -> None:
-    """One dim line on stderr, from rank 0 alone under torchrun."""
-    from .distributed import is_main_process  # lazily: the torch-free paths never note
-
-    if is_main_process():
-        console.print(f"[dim]{message}[/dim]", highlight=False)
+    """One dim line on stderr (under torchrun, from the rank that does the thing told)."""
+    console.print(f"[dim]{message}[/dim]", highlight=False)
 
 
 class TrainingProgress:
