@@ -302,7 +302,8 @@ def cmd_export(args: argparse.Namespace) -> None:
     table.add_row("history lengths", "{} to {}".format(*parity["history_lengths"]))
     for tower, diff in parity["max_abs_diff"].items():
         table.add_row(f"max abs diff, {tower.replace('_', ' ')}", f"{diff:.2e}")
-    table.add_row("same top-10", f"{parity['top10_agreement']:.2%}")
+    table.add_row("top-10 lists the same, in order", f"{parity['top10_agreement']:.2%}")
+    table.add_row("top-10 items shared (overlap@10)", f"{parity['top10_overlap']:.2%}")
     table.add_row("cold user finite", str(parity["cold_user_finite"]))
     recall = parity["test_recall@10"]
     table.add_row(
