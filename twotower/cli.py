@@ -31,8 +31,11 @@ from .config import TwoTowerConfig, read_toml
 from .errors import TwoTowerError
 from .validation import REGISTRY_OF, check_settings, default_dataset, validate
 
-console = Console()
-errors = Console(stderr=True)
+# where output is no terminal (a log file, a pipe) rich would wrap at 80 columns and
+# squeeze wide tables unreadable; such output gets room for the widest table instead
+LOGGED_WIDTH = 200
+console = Console(width=None if sys.stdout.isatty() else LOGGED_WIDTH)
+errors = Console(stderr=True, width=None if sys.stderr.isatty() else LOGGED_WIDTH)
 
 # what `evaluate` may re-point in the saved config: where the data is, and the masking
 EVALUATE_OVERRIDES = ("data_dir", "interactions", "items", "mask_seen")
