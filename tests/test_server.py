@@ -277,6 +277,7 @@ def test_metrics_count_requests_errors_and_latency(server, bundle, core):
         server.client.get(f"/v1/users/{user}/recommendations")
     server.client.get("/v1/users/nobody/recommendations")
     server.client.get("/no/such/path")
+    server.client.get("/docs")
     after = server.client.get("/metrics")
     assert after.headers["content-type"].startswith("text/plain")
     text = after.text
@@ -288,6 +289,7 @@ def test_metrics_count_requests_errors_and_latency(server, bundle, core):
     assert grew("twotower_http_requests_total", route=route, status="404") == 1
     assert grew("twotower_http_errors_total", route=route, status="404") == 1
     assert grew("twotower_http_errors_total", route="unmatched", status="404") == 1
+    assert grew("twotower_http_requests_total", route="/docs", status="200") == 1
     assert grew("twotower_http_request_duration_seconds_count", route=route) == 6
     assert grew("twotower_http_request_duration_seconds_bucket", route=route, le="+Inf") == 6
     assert metric(text, "twotower_bundle_info", version=version_of(bundle)) == 1
@@ -357,8 +359,15 @@ def test_a_body_over_the_limit_is_refused_chunked_too(server):
         for _ in range(100):
             yield b" " * 1024
 
+    before = server.client.get("/metrics").text
     got = server.client.post("/v1/recommendations", content=chunks())
     assert got.status_code == 413
+    after = server.client.get("/metrics").text
+    labels = {"route": "/v1/recommendations", "status": "413"}  # refused before routing
+    grew = metric(after, "twotower_http_errors_total", **labels) - metric(
+        before, "twotower_http_errors_total", **labels
+    )
+    assert grew == 1
 
 
 def test_broken_requests_never_take_the_process_down(server, core):

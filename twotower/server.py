@@ -31,7 +31,7 @@ import signal
 import socket
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,7 @@ from prometheus_client import (
 )
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr, ValidationError
 from starlette.exceptions import HTTPException
+from starlette.routing import BaseRoute, Match
 from uvicorn.supervisors import Multiprocess
 
 from . import __version__
@@ -273,12 +274,14 @@ class Metrics:
 class Guard:
     """ASGI middleware: refuses bodies over the limit (413), times and counts every answer.
 
-    The route label is the matched path template (``/v1/items/{item_id}``), or
-    ``unmatched``, so labels stay few whatever clients ask for.
+    The route label is the path template of the route asked for
+    (``/v1/items/{item_id}``), also when the answer came before routing (a
+    413), or ``unmatched``, so labels stay few whatever clients ask for.
     """
 
-    def __init__(self, app, metrics: Metrics, max_body_bytes: int):
+    def __init__(self, app, metrics: Metrics, max_body_bytes: int, routes: Sequence[BaseRoute]):
         self.app, self.metrics, self.max_body_bytes = app, metrics, max_body_bytes
+        self.routes = routes
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -302,8 +305,16 @@ class Guard:
                 receive = replay(body, receive)
             await self.app(scope, receive, send_noting_status)
         finally:
-            route = getattr(scope.get("route"), "path", "unmatched")
+            route = getattr(scope.get("route"), "path", None) or route_path(self.routes, scope)
             self.metrics.observe(scope["method"], route, status, time.perf_counter() - started)
+
+
+def route_path(routes: Sequence[BaseRoute], scope) -> str:
+    """The path template of the route ``scope`` asks for (path and method), or ``unmatched``."""
+    for route in routes:
+        if route.matches(scope)[0] is Match.FULL:
+            return getattr(route, "path", "unmatched")
+    return "unmatched"
 
 
 async def read_body(receive, limit: int) -> bytes | None:
@@ -561,7 +572,9 @@ def create_app(
 
     hot = next(r for r in app.routes if getattr(r, "endpoint", None) is user_recommendations)
     app.add_middleware(FastLane, route=hot, respond=user_answer)
-    app.add_middleware(Guard, metrics=metrics, max_body_bytes=limits.max_body_bytes)  # outside
+    app.add_middleware(  # outside
+        Guard, metrics=metrics, max_body_bytes=limits.max_body_bytes, routes=app.routes
+    )
     return app
 
 
