@@ -169,6 +169,16 @@ def test_unknown_retriever_flag_lists_the_choices(capsys, artifacts_dir):
     assert all(repr(name) in err for name in plugins.retrievers().names())
 
 
+def test_a_mistyped_flag_gets_the_commands_usage_and_the_closest_flag(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["recommend", "--user-id", "1", "--kk", "10"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: twotower recommend ")
+    said = "twotower recommend: error: unrecognized arguments: --kk 10 (did you mean --k?)"
+    assert err.strip().endswith(said)
+
+
 def test_unknown_user_encoder_in_toml_lists_the_names(capsys, tmp_path, csv):
     toml = tmp_path / "run.toml"
     toml.write_text('user_encoder = "nope"\nepochs = 1\n')

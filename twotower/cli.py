@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
 import logging
 import os
@@ -538,7 +539,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
     def command(name: str, run: Callable, help_text: str, aliases=()) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text, aliases=aliases)
-        sub.set_defaults(run=run)
+        sub.set_defaults(run=run, parser=sub)
         sub.reads_registries = invoked in (None, name, *aliases)
         return sub
 
@@ -622,7 +623,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
     def suite(name: str, run: Callable, help_text: str) -> argparse.ArgumentParser:
         sub = suites.add_parser(name, help=help_text, description=help_text)
-        sub.set_defaults(run=run)
+        sub.set_defaults(run=run, parser=sub)
         sub.reads_registries = bench.reads_registries
         sub.add_argument("--json", action="store_true", help="print the results as JSON")
         sub.add_argument("--json-file", type=Path, metavar="FILE", help="write them as JSON")
@@ -725,6 +726,20 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def refuse_unknown(parser: argparse.ArgumentParser, unknown: Sequence[str]) -> None:
+    """The command's own usage and error (exit 2) for flags it lacks, with the flags
+    spelled closest to each."""
+    flags = [flag for action in parser._actions for flag in action.option_strings]
+    close = {
+        match
+        for arg in unknown
+        if arg.startswith("-")
+        for match in difflib.get_close_matches(arg.split("=")[0], flags, n=2)
+    }
+    hint = f" (did you mean {' or '.join(sorted(close))}?)" if close else ""
+    parser.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     log = logging.getLogger("twotower")
     if not log.handlers:
@@ -733,7 +748,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.propagate = False
     try:
         argv = sys.argv[1:] if argv is None else argv
-        args = build_parser(argv).parse_args(argv)
+        args, unknown = build_parser(argv).parse_known_args(argv)
+        if unknown:
+            refuse_unknown(args.parser, unknown)
         args.run(args)
     except TwoTowerError as exc:
         # the message is text, not markup: "[a, b]" must print as written
