@@ -378,26 +378,29 @@ from twotower.data import movielens
 
 class Slow(movielens.GroupLensZip):
     def fetch(self, target):
-        time.sleep(3)  # long enough for the other process to reach the lock meanwhile
+        time.sleep(2)  # the other process asks meanwhile
         super().fetch(target)
 
 source = Slow(url=sys.argv[2], md5=sys.argv[3])
-print(movielens.fetched(Path(sys.argv[1]), [source], notify=print))
+print(movielens.fetched(Path(sys.argv[1]), [source], notify=lambda m: print(m, flush=True)))
 """
 
 
 def test_two_processes_sharing_a_data_dir_fetch_once(tmp_path):
-    """As two ranks of a torchrun group would: the second waits for the first's folder."""
+    """As two ranks of a torchrun group would: the second, started while the first
+    fetches, waits for the first's folder instead of fetching beside it."""
     source = grouplens_zip(tmp_path)
     data_dir = tmp_path / "data"
     argv = [sys.executable, "-c", SLOW_FETCH, str(data_dir), source.url, source.md5]
-    runs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
-    runs.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    outputs = []
-    for run in runs:
-        out, err = run.communicate(timeout=120)
-        assert run.returncode == 0, err[-2000:]
-        outputs.append(out.splitlines())
-    assert [lines[-1] for lines in outputs] == [str(data_dir / "ml-100k")] * 2
-    assert sum(line.startswith("fetching it from") for lines in outputs for line in lines) == 1
-    assert leftovers(data_dir) == ["ml-100k"]  # no staging folder, no lock file
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    first = subprocess.Popen(argv, **pipes)
+    told = []
+    while not (told and told[-1].startswith("fetching it from")):  # it holds the lock now
+        told.append(first.stdout.readline())
+        assert told[-1], first.stderr.read()[-2000:]
+    second = subprocess.run(argv, timeout=120, **pipes)
+    rest, err = first.communicate(timeout=120)
+    assert first.returncode == 0 and second.returncode == 0, err + second.stderr
+    assert second.stdout.splitlines() == [str(data_dir / "ml-100k")]  # found, not fetched
+    assert rest.splitlines()[-1] == str(data_dir / "ml-100k")
+    assert [name for name in leftovers(data_dir) if name != ".ml-100k.lock"] == ["ml-100k"]

@@ -231,9 +231,8 @@ def check_target(target: Path, kind: Kind, reads: Sequence[Path]) -> None:
 
 
 @contextlib.contextmanager
-def exclusive(target: Path, wait: float = 0) -> Iterator[None]:
-    """Hold the lock of ``target``; a second run writing it fails at once, or after
-    ``wait`` seconds of waiting for the first.
+def exclusive(target: Path) -> Iterator[None]:
+    """Hold the lock of ``target``; a second run writing it fails at once.
 
     The lock file beside the target is removed while still held:
     ``filelock`` checks, once it has locked, that the file it locked is
@@ -244,13 +243,12 @@ def exclusive(target: Path, wait: float = 0) -> Iterator[None]:
         path.touch()  # filelock reports a folder it cannot write in as a lock held elsewhere
     except OSError as exc:
         raise TwoTowerError(f"cannot write {target} ({exc.strerror})") from None
-    lock = FileLock(path, timeout=wait)
+    lock = FileLock(path, timeout=0)
     try:
         lock.acquire()
     except Timeout:
-        waited = f" (waited {wait:g} s)" if wait else ""
         raise TwoTowerError(
-            f"another twotower run is writing {target}{waited} (lock {path}); wait for it to finish"
+            f"another twotower run is writing {target} (lock {path}); wait for it to finish"
         ) from None
     try:
         yield

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+from filelock import FileLock, Timeout
 
-from ..artifacts import exclusive
 from ..errors import TwoTowerError
 from ..progress import note
 from .dataset import Dataset, normalise_interactions
@@ -263,14 +263,26 @@ def fetched(
     """The ML-100K folder in ``data_dir``, fetched unless there.
 
     One fetch at a time: the ranks of a torchrun group, or two runs, that
-    share ``data_dir`` wait for the first, then find its folder.
+    share ``data_dir`` wait for the first (a lock file beside the folder),
+    then find its folder.
     """
-    data_dir.mkdir(parents=True, exist_ok=True)
-    with exclusive(data_dir / FOLDER, wait=FETCH_WAIT):
-        folder = find_local(data_dir)
-        if folder is None:
-            notify(f"MovieLens-100K not in {data_dir}")
-            folder = fetch(data_dir, sources, notify)
+    lock = data_dir / f".{FOLDER}.lock"
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        lock.touch()
+    except OSError as exc:
+        raise TwoTowerError(f"cannot fetch into {data_dir} ({exc.strerror or exc})") from None
+    try:
+        with FileLock(lock, timeout=FETCH_WAIT):
+            folder = find_local(data_dir)
+            if folder is None:
+                notify(f"MovieLens-100K not in {data_dir}")
+                folder = fetch(data_dir, sources, notify)
+    except Timeout:
+        raise TwoTowerError(
+            f"another run has been fetching into {data_dir} for {FETCH_WAIT} s (lock {lock}); "
+            "wait for it, or remove the lock if no run is left"
+        ) from None
     return folder
 
 
