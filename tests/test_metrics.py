@@ -14,7 +14,13 @@ from twotower.data.dataset import Dataset
 from twotower.data.seen import EarlierItems
 from twotower.data.split import make_split
 from twotower.evaluation import evaluate_popularity, popularity_scores
-from twotower.metrics import NonFiniteScores, metric_ks, metrics_from_ranks, target_ranks
+from twotower.metrics import (
+    NonFiniteScores,
+    metric_ks,
+    metrics_from_ranks,
+    overlap_at_k,
+    target_ranks,
+)
 
 
 def test_metrics_from_known_ranks():
@@ -46,6 +52,14 @@ def test_a_miss_scores_zero_and_a_first_place_scores_one():
         "mrr@10": 1.0,
         "ndcg@10": 1.0,
     }
+
+
+def test_overlap_at_k_by_hand():
+    reference = np.array([[1, 2, 3, 4], [5, 6, -1, -1], [-1, -1, -1, -1]])
+    found = np.array([[4, 3, 9, 8], [6, 7, -1, -1], [-1, -1, -1, -1]])
+    # row 1: 2 of 4; row 2: 1 of the 2 items there were (the -1 fillers are no items);
+    # row 3: nothing to find, nothing missed
+    assert overlap_at_k(found, reference) == pytest.approx((2 / 4 + 1 / 2 + 1.0) / 3)
 
 
 def test_metric_ks_puts_the_headline_first_without_repeats():

@@ -79,7 +79,7 @@ class Spare(MeanEncoder):
 
 
 def test_check_user_encoder_catches_a_parameter_that_never_learns():
-    with pytest.raises(AssertionError, match=r"no gradient reaches \['user_tower\.spare'\]"):
+    with pytest.raises(AssertionError, match=r"no gradient reaches \['model\.user_tower\.spare'\]"):
         testing.check_user_encoder(Spare)
 
 

@@ -19,7 +19,7 @@ import torch
 
 from . import artifacts as files
 from . import distributed, plugins
-from .config import TwoTowerConfig
+from .config import MACHINE_SETTINGS, TwoTowerConfig
 from .data.dataset import Dataset
 from .data.split import Split, make_split
 from .errors import TwoTowerError
@@ -90,9 +90,9 @@ def fit(config: TwoTowerConfig, progress: bool = True) -> FitResult:
     config = validate(config)
     check_device(config.device)
     target = config.resolved_artifacts_dir
-    with distributed.session(config.device) as context:
+    with distributed.session(config.device) as context, contextlib.ExitStack() as stack:
         distributed.agree(
-            config.fingerprint,
+            lambda: config.fingerprint(leave_out=MACHINE_SETTINGS),
             context,
             "the settings of rank(s) {ranks} differ from rank 0's: start every machine "
             "with the same twotower command",
@@ -100,30 +100,34 @@ def fit(config: TwoTowerConfig, progress: bool = True) -> FitResult:
         if context.distributed and context.is_main:
             backend = "nccl" if context.device.type == "cuda" else "gloo"
             note(f"data-parallel training on {context.world_size} ranks ({backend})")
-        claim = files.staged_folder(target, "artifacts", reads=input_files(config))
-        with claim if context.is_main else contextlib.nullcontext() as folder:
-            split = prepare(config)
-            distributed.agree(
-                split.fingerprint,
-                context,
-                "the data rank(s) {ranks} read differ from rank 0's: every machine must "
-                "read the same files at the same path",
-            )
-            check_k_eval(config.k_eval, split.num_items)
-            shown = progress and context.is_main
-            with TrainingProgress(config.epochs, f"recall@{config.k_eval}", enabled=shown) as bar:
-                result = train(config, split, bar.epoch_done, bar.step, context)
-            test = evaluate_model(result.model, split, "test", config, context)
-            test.update(
-                num_users=split.num_users,
-                num_items=split.num_items,
-                mask_seen=config.mask_seen,
-                best_epoch=result.best_epoch,
-            )
-            stages = ("valid", "test")
-            popularity = {stage: evaluate_popularity(split, stage, config) for stage in stages}
-            if folder is not None:
-                write_artifacts(folder, config, split, result.model, result.log, test, popularity)
+
+        def claim_and_read() -> tuple[Path | None, Split]:
+            claim = files.staged_folder(target, "artifacts", reads=input_files(config))
+            folder = stack.enter_context(claim) if context.is_main else None
+            return folder, prepare(config)
+
+        folder, split = distributed.together(claim_and_read, context)
+        distributed.agree(
+            split.fingerprint,
+            context,
+            "the data rank(s) {ranks} read differ from rank 0's: every machine must "
+            "read the same files",
+        )
+        check_k_eval(config.k_eval, split.num_items)
+        shown = progress and context.is_main
+        with TrainingProgress(config.epochs, f"recall@{config.k_eval}", enabled=shown) as bar:
+            result = train(config, split, bar.epoch_done, bar.step, context)
+        test = evaluate_model(result.model, split, "test", config, context)
+        test.update(
+            num_users=split.num_users,
+            num_items=split.num_items,
+            mask_seen=config.mask_seen,
+            best_epoch=result.best_epoch,
+        )
+        stages = ("valid", "test")
+        popularity = {stage: evaluate_popularity(split, stage, config) for stage in stages}
+        if folder is not None:
+            write_artifacts(folder, config, split, result.model, result.log, test, popularity)
     return FitResult(
         config,
         target,

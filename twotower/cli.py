@@ -22,21 +22,18 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
 from rich.table import Table
 
-from . import __version__, plugins
+from . import __version__, plugins, progress
 from .config import TwoTowerConfig, read_toml
 from .errors import TwoTowerError
+from .progress import output_console
 from .validation import REGISTRY_OF, check_settings, default_dataset, validate
 
-# where output is no terminal (a log file, a pipe) rich would wrap at 80 columns and
-# squeeze wide tables unreadable; such output gets room for the widest table instead
-LOGGED_WIDTH = 200
-console = Console(width=None if sys.stdout.isatty() else LOGGED_WIDTH)
-errors = Console(stderr=True, width=None if sys.stderr.isatty() else LOGGED_WIDTH)
+console = output_console()
+errors = progress.console  # one console on stderr for errors, notes and progress
 
 # what `evaluate` may re-point in the saved config: where the data is, and the masking
 EVALUATE_OVERRIDES = ("data_dir", "interactions", "items", "mask_seen")

@@ -11,12 +11,17 @@ import dataclasses
 import hashlib
 import json
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import TwoTowerError
 from .schema import check
+
+# where a machine finds its files and how many threads it runs: these may differ between
+# the machines of one distributed run (the data read is compared by its content)
+MACHINE_SETTINGS = ("data_dir", "artifacts_dir", "interactions", "items", "download", "num_threads")
 
 
 def opt(default: Any, help: str) -> Any:
@@ -116,9 +121,12 @@ class TwoTowerConfig:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
-    def fingerprint(self) -> str:
-        """sha256 of every setting: runs with one fingerprint were asked for the same thing."""
-        return hashlib.sha256(self.to_json().encode("utf-8")).hexdigest()
+    def fingerprint(self, leave_out: Sequence[str] = ()) -> str:
+        """sha256 of every setting but ``leave_out``: runs with one fingerprint were asked
+        for the same thing. ``device`` counts by its kind (``cuda`` is ``cuda:0``)."""
+        values = {k: v for k, v in self.to_dict().items() if k not in leave_out}
+        values["device"] = self.device.split(":")[0]
+        return hashlib.sha256(json.dumps(values, sort_keys=True).encode("utf-8")).hexdigest()
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> TwoTowerConfig:

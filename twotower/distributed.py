@@ -23,13 +23,15 @@ import inspect
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from .errors import TwoTowerError
+
+T = TypeVar("T")
 
 
 def launched() -> bool:
@@ -102,8 +104,10 @@ def session(device: str) -> Iterator[Context]:
 def own_gpu(local_rank: int) -> torch.device:
     """The GPU of the rank with ``local_rank`` on its machine: nccl takes one per process.
 
-    Two ranks on one GPU would fail deep inside nccl ("duplicate GPU"), and a
-    rank beyond the last GPU inside CUDA; both are refused here, in words.
+    A local rank past the last GPU (more processes on a machine than it has
+    GPUs) would fail inside CUDA; it is refused here, in words. Launches that
+    give each process its GPU another way (``CUDA_VISIBLE_DEVICES`` per
+    process) are not supported: every rank uses GPU ``LOCAL_RANK``.
     """
     count = torch.cuda.device_count()
     if local_rank >= count:
@@ -229,6 +233,25 @@ def concatenate(values: np.ndarray | None, context: Context) -> np.ndarray | Non
     with torch.no_grad():
         gathered = _GatherRows.apply(rows, counts, context.rank, context.group)
     return gathered.cpu().numpy()
+
+
+def together(work: Callable[[], T], context: Context) -> T:
+    """``work()`` on every rank; when it raises ``TwoTowerError`` on any rank, every rank
+    raises: a rank that failed alone would leave the others waiting in the next collective
+    (for ever, across machines)."""
+    if not context.distributed:
+        return work()
+    try:
+        result, failure = work(), None
+    except TwoTowerError as exc:
+        result, failure = None, exc
+    failed = concatenate(np.array([int(failure is not None)], dtype=np.int64), context)
+    if failure is not None:
+        raise failure
+    if failed.any():
+        ranks = ", ".join(str(rank) for rank in np.flatnonzero(failed))
+        raise TwoTowerError(f"rank(s) {ranks} failed (its error says why); every rank stops")
+    return result
 
 
 def agree(fingerprint: Callable[[], str], context: Context, refusal: str) -> None:

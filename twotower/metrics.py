@@ -109,9 +109,12 @@ def found_ranks(found: np.ndarray, targets: np.ndarray) -> np.ndarray:
 
 def overlap_at_k(found: np.ndarray, reference: np.ndarray) -> float:
     """Mean share of each row of ``reference[Q, k]`` that the same row of ``found`` holds:
-    an approximate search's recall against exact search (overlap@k)."""
-    k = np.asarray(reference).shape[1]
-    shared = [len(set(a) & set(b)) / k for a, b in zip(found, reference, strict=True)]
+    an approximate search's recall against exact search (overlap@k). A row ends in -1
+    where fewer than k items were left to give; those slots are no items."""
+    shared = []
+    for a, b in zip(found, reference, strict=True):
+        wanted = set(b.tolist()) - {-1}
+        shared.append(len(wanted & set(a.tolist())) / len(wanted) if wanted else 1.0)
     return float(np.mean(shared))
 
 

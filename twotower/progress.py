@@ -3,17 +3,33 @@ examples/s, last valid Recall@K) and one-line notes (a download, the ranks)."""
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-console = Console(stderr=True)
+LOGGED_WIDTH = 200
+
+
+def output_console(stderr: bool = False) -> Console:
+    """A rich console on stdout or stderr. Where that is no terminal (a log file, a pipe)
+    and ``COLUMNS`` is unset, rich would wrap at 80 columns and squeeze wide tables
+    unreadable: such output gets room for the widest table instead."""
+    stream = sys.stderr if stderr else sys.stdout
+    logged = stream is None or not stream.isatty()
+    wide = logged and "COLUMNS" not in os.environ
+    return Console(stderr=stderr, width=LOGGED_WIDTH if wide else None)
+
+
+console = output_console(stderr=True)
 
 
 def note(message: str) -> None:
     """One dim line on stderr (under torchrun, from the rank that does the thing told)."""
-    console.print(f"[dim]{message}[/dim]", highlight=False)
+    console.print(f"[dim]{escape(message)}[/dim]", highlight=False)
 
 
 class TrainingProgress:

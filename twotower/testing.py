@@ -221,7 +221,7 @@ def check_every_parameter_learns(what: str, config: TwoTowerConfig) -> None:
     generator = torch.Generator().manual_seed(config.seed)
     arrays = next(iter(training.batches(training.data, training.batch_size, generator)))
     training.step(*arrays).backward()
-    unused = parameters_without_gradient(training.model)
+    unused = parameters_without_gradient(training.trained)
     assert not unused, f"{what}: no gradient reaches {unused} in a training step"
 
 

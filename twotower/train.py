@@ -248,6 +248,11 @@ class Training:
     context: Context
 
     @property
+    def trained(self) -> nn.Module:
+        """Everything a step trains: the towers, and a loss's own parameters if it has any."""
+        return getattr(self.step, "module", self.step)  # TrainStep, unwrapped
+
+    @property
     def scored(self) -> TwoTowerModel:
         """What validation sees: the weight average when there is one."""
         return self.averaged.module if self.averaged is not None else self.model
@@ -321,8 +326,8 @@ def train_epoch(
         loss = training.step(*arrays)
         training.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if step == 1 and context.distributed:
-            refuse_unused_parameters(model)
+        if step == 1 and context.distributed:  # every rank decides together
+            distributed.together(lambda: refuse_unused_parameters(training.trained), context)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         value = distributed.mean(loss.item(), context)
         stop_if_diverged(epoch, step, value, grad_norm.item(), config.lr)
