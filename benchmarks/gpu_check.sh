@@ -9,9 +9,10 @@
 #
 #   bash benchmarks/gpu_check.sh OUT_DIR        # PYTHON=python3 where no .venv exists
 #
-# Needs twotower and its dependencies importable by PYTHON, pytest, and ML-100K in data/
-# (a first `twotower fit` here fetches it; a machine without internet gets the folder
-# carried over).
+# Needs twotower's dependencies importable by PYTHON (twotower itself runs from this
+# tree), pytest, and ML-100K in data/ (a first `twotower fit` here fetches it; a machine
+# without internet gets the folder carried over). A failing test is recorded and the
+# fits still run; the script then exits non-zero.
 set -euo pipefail
 out=$(realpath "${1:?usage: benchmarks/gpu_check.sh OUT_DIR}")
 cd "$(dirname "$0")/.."
@@ -28,8 +29,12 @@ gpus = torch.cuda.device_count()
 print('cuda', gpus) if gpus else print('cpu', 2)")
 echo "device $device, $ranks rank(s) under torchrun"
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the ranks' scripts import twotower
 
+set +e
 "$python" -m pytest -q -p no:cacheprovider tests/test_distributed.py | tee "$work/pytest.txt"
+tests=${PIPESTATUS[0]}
+set -e
 
 fit=(fit --device "$device" --epochs "$epochs" --data-dir data --no-download --no-progress --json)
 "$python" -m twotower "${fit[@]}" --artifacts-dir "$work/plain" > "$work/plain.json"
@@ -74,3 +79,4 @@ record = {
 target.write_text(json.dumps(record, indent=2) + "\n")
 print(json.dumps(record, indent=2))
 EOF
+exit "$tests"
