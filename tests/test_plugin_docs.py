@@ -161,7 +161,7 @@ def test_dataset_example_loads_and_splits(example):
 
 
 # a line "# Name (path)" and the rest of its code block: lines of a plugin's file
-EXCERPT = re.compile(r"^# [\w.]+ \(([\w/]+\.py)\)(?:, abridged)?\n(.*)", re.M | re.S)
+EXCERPT = re.compile(r"^# [\w.]+ \(([\w/.-]+\.py)\)(?:, abridged)?\n(.*)", re.M | re.S)
 
 
 def test_every_excerpt_quotes_its_source():
