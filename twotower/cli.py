@@ -177,7 +177,7 @@ def print_config(config: TwoTowerConfig) -> None:
 
 
 def metrics_table(title: str, columns: dict[str, dict[str, float]]) -> Table:
-    table = Table(title=title)
+    table = Table(title=title, min_width=len(title))  # a long title on one line
     table.add_column("metric")
     for name in columns:
         table.add_column(name, justify="right")
