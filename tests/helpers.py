@@ -8,8 +8,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import nn
+
 from twotower import TwoTowerConfig
 from twotower.cli import main
+from twotower.towers.mean import MeanEncoder
 
 TINY = {"synthetic_num_users": 60, "synthetic_num_items": 40}
 
@@ -96,3 +100,11 @@ def run_script(script: str, request: dict[str, Any], cwd: Path) -> dict[str, Any
     )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
+
+
+class Spare(MeanEncoder):
+    """Owns a parameter its forward never uses: distributed training would stall on it."""
+
+    def __init__(self, config, item_embedding, num_users):
+        super().__init__(config, item_embedding, num_users)
+        self.spare = nn.Parameter(torch.zeros(3))

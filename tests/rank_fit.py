@@ -9,19 +9,10 @@ from __future__ import annotations
 
 import sys
 
-import torch
-from torch import nn
+from helpers import Spare
 
 from twotower import testing
 from twotower.cli import main
-from twotower.towers.mean import MeanEncoder
-
-
-class Spare(MeanEncoder):
-    def __init__(self, config, item_embedding, num_users):
-        super().__init__(config, item_embedding, num_users)
-        self.spare = nn.Parameter(torch.zeros(3))
-
 
 if __name__ == "__main__":
     with testing.registered("user_encoders", Spare) as name:

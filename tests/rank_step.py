@@ -22,6 +22,7 @@ import torch
 
 from twotower import TwoTowerConfig, distributed
 from twotower.api import prepare
+from twotower.testing import first_step_loss
 from twotower.train import start_training
 
 
@@ -49,10 +50,7 @@ def one_step(
         training = start_training(config, prepare(config), context)
     finally:
         torch.set_default_dtype(torch.float32)
-    generator = torch.Generator().manual_seed(config.seed)
-    arrays = next(iter(training.batches(training.data, batch, generator, context)))
-    loss = training.step(*arrays)
-    loss.backward()
+    loss = first_step_loss(training, config.seed)  # batch rows per rank
     result = {"loss": np.array(distributed.mean(loss.item(), context))}
     for name, parameter in training.model.named_parameters():
         if parameter.grad is not None:

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from torch import nn
+from helpers import Spare
 
 from twotower import plugins, testing
 from twotower.export.torchscript import TorchScriptFormat
@@ -68,14 +67,6 @@ class Peeking(MeanEncoder):
 def test_check_user_encoder_catches_a_sequence_mode_that_sees_the_future():
     with pytest.raises(AssertionError, match=r"encode_sequence at position \d+ vs forward"):
         testing.check_user_encoder(Peeking)
-
-
-class Spare(MeanEncoder):
-    """Owns a parameter its forward never uses: distributed training would stall on it."""
-
-    def __init__(self, config, item_embedding, num_users):
-        super().__init__(config, item_embedding, num_users)
-        self.spare = nn.Parameter(torch.zeros(3))
 
 
 def test_check_user_encoder_catches_a_parameter_that_never_learns():

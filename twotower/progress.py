@@ -41,7 +41,6 @@ class TrainingProgress:
 
     def __init__(self, epochs: int, headline: str, enabled: bool = True):
         self.headline = headline
-        self.enabled = enabled
         self.lines = enabled and not console.is_terminal
         self.total = epochs
         self.progress = Progress(

@@ -212,15 +212,23 @@ def check_user_encoder(encoder: str | type, **config_changes: Any) -> None:
                 assert_towers_match(f"{what} exported to {format_name}", model, towers, False)
 
 
+def first_step_loss(training, seed: int) -> torch.Tensor:
+    """The loss of the first batch epoch 1 trains on (on a group, this rank's share),
+    back-propagated: the gradients of one step, before the optimizer moves anything."""
+    generator = torch.Generator().manual_seed(seed)
+    batches = training.batches(training.data, training.batch_size, generator, training.context)
+    loss = training.step(*next(iter(batches)))
+    loss.backward()
+    return loss
+
+
 def check_every_parameter_learns(what: str, config: TwoTowerConfig) -> None:
     """One training step gives every trainable parameter a gradient: training under
     torchrun (DistributedDataParallel) waits for every one in every step."""
     from .train import parameters_without_gradient, start_training
 
     training = start_training(config, tiny_split())
-    generator = torch.Generator().manual_seed(config.seed)
-    arrays = next(iter(training.batches(training.data, training.batch_size, generator)))
-    training.step(*arrays).backward()
+    first_step_loss(training, config.seed)
     unused = parameters_without_gradient(training.trained)
     assert not unused, f"{what}: no gradient reaches {unused} in a training step"
 
