@@ -108,7 +108,7 @@ def fit(config: TwoTowerConfig, progress: bool = True) -> FitResult:
 
         folder, split = distributed.together(claim_and_read, context)
         distributed.agree(
-            split.fingerprint,
+            lambda: split.fingerprint,
             context,
             "the data rank(s) {ranks} read differ from rank 0's: every machine must "
             "read the same files",
@@ -173,7 +173,7 @@ def write_artifacts(folder, config, split, model, train_log, test, popularity) -
     files.write_jsonl(folder / files.TRAIN_LOG, train_log)
     files.write_json(folder / files.TEST_METRICS, test)
     files.write_json(folder / files.BASELINE_METRICS, popularity)
-    extra = {"config": config.to_dict(), "data_sha256": split.fingerprint()}
+    extra = {"config": config.to_dict(), "data_sha256": split.fingerprint}
     files.write_manifest(folder, "artifacts", extra)
 
 
@@ -227,10 +227,10 @@ def evaluate(
     given = {key: value for key, value in overrides.items() if value is not None}
     config = validate(recommender.config.replace(**given))
     split = prepare(config)
-    if split.fingerprint() != recommender.manifest["data_sha256"]:
+    if split.fingerprint != recommender.manifest["data_sha256"]:
         raise TwoTowerError(
             f"the data ({describe_data(config)}) is not the data {recommender.folder} was "
-            f"fitted on (fingerprint {split.fingerprint()[:12]}, fitted on "
+            f"fitted on (fingerprint {split.fingerprint[:12]}, fitted on "
             f"{recommender.manifest['data_sha256'][:12]}); point evaluate at that data"
         )
     metrics = {

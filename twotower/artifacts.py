@@ -70,7 +70,7 @@ class Manifest:
 @dataclass
 class ArtifactsManifest(Manifest):
     config: dict[str, Any]
-    data_sha256: str  # Split.fingerprint() of the data the model was fitted on
+    data_sha256: str  # Split.fingerprint of the data the model was fitted on
 
 
 @dataclass

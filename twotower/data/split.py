@@ -61,8 +61,12 @@ class Split:
         position = {"valid": -2, "test": -1}[stage]
         return np.array([s[position] for s in self.sequences], dtype=np.int64)
 
+    @cached_property
     def fingerprint(self) -> str:
-        """sha256 of what evaluation depends on: the users, the items and every user's order."""
+        """sha256 of what evaluation depends on: the users, the items and every user's order.
+
+        Computed once per split: a distributed fit compares it across ranks and
+        then records it in the manifest (seconds at ML-25M size)."""
         content = [self.user_ids, self.item_ids, [s.tolist() for s in self.sequences]]
         return hashlib.sha256(json.dumps(content).encode("utf-8")).hexdigest()
 
