@@ -8,6 +8,7 @@ from helpers import tiny_config
 from twotower import evaluate, fit, plugins
 from twotower.bench import report, scale, serving, train
 from twotower.errors import TwoTowerError
+from twotower.export.bundle import offered_quantizations
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +21,9 @@ def serving_result(tmp_path_factory):
 
 def test_serving_table_has_every_runtime_and_retriever(serving_result):
     _, bench = serving_result
-    runtimes = ["torch", *plugins.formats().names(), "onnx-int8"]
+    quantized = [f"{f}-{q}" for f, schemes in offered_quantizations().items() for q in schemes]
+    assert {"onnx-int8", "onnx-int8-static"} <= set(quantized)
+    runtimes = ["torch", *plugins.formats().names(), *quantized]
     expected = {(r, x) for r in runtimes for x in plugins.retrievers().names()}
     assert {(row["runtime"], row["retriever"]) for row in bench["rows"]} == expected
     keys = {

@@ -356,12 +356,30 @@ def test_torchscript_loads_with_plain_torch(workspace, tmp_path):
 # --- int8 and bad export requests --------------------------------------------------------
 
 
-def test_int8_records_parity_instead_of_enforcing_it(workspace, tmp_path, capsys, monkeypatch):
+# what each scheme's graphs must and must not hold: dynamic int8 computes each activation's
+# scale in the graph (DynamicQuantizeLinear, or fused into the integer matrix product), or
+# reads an int8 table back through DequantizeLinear where a tower has no matrix product;
+# static int8 quantizes activations with fixed scales (QuantizeLinear) and computes none
+SCHEME_OPS = {
+    "int8": (
+        {"DynamicQuantizeLinear", "MatMulInteger", "DynamicQuantizeMatMul", "DequantizeLinear"},
+        set(),
+    ),
+    "int8-static": ({"QuantizeLinear"}, {"DynamicQuantizeLinear", "DynamicQuantizeMatMul"}),
+}
+
+
+@pytest.mark.parametrize("scheme", SCHEME_OPS)
+def test_int8_records_parity_instead_of_enforcing_it(
+    workspace, tmp_path, capsys, monkeypatch, scheme
+):
+    artifacts_dir = workspace.artifacts(FAST_ENCODER)
+    fp32 = workspace.bundle(FAST_ENCODER, "onnx")[1]
+    capsys.readouterr()  # the fit's own output, where this test fitted the model
     # bounds no graph can meet: an fp32 export fails them (next test), int8 must not care
     monkeypatch.setattr(parity_module, "MAX_ABS_DIFF", -1.0)
     monkeypatch.setattr(parity_module, "MIN_TOP10_AGREEMENT", 2.0)
-    artifacts_dir = workspace.artifacts(FAST_ENCODER)
-    out = tmp_path / "int8"
+    out = tmp_path / scheme
     code, stdout, err = run(
         capsys,
         "export",
@@ -370,7 +388,7 @@ def test_int8_records_parity_instead_of_enforcing_it(workspace, tmp_path, capsys
         "--format",
         "onnx",
         "--quantize",
-        "int8",
+        scheme,
         "--out",
         out,
         "--json",
@@ -379,7 +397,7 @@ def test_int8_records_parity_instead_of_enforcing_it(workspace, tmp_path, capsys
     printed = json.loads(stdout)
     manifest = json.loads((out / artifacts.MANIFEST).read_text())
     assert printed == {"bundle": str(out), "format": "onnx", "parity": manifest["parity"]}
-    assert manifest["quantization"] == "int8"
+    assert manifest["quantization"] == scheme
     assert manifest["format"] == "onnx" and manifest["opset"] == OPSET
     parity = manifest["parity"]
     assert set(parity) == PARITY_KEYS
@@ -390,14 +408,12 @@ def test_int8_records_parity_instead_of_enforcing_it(workspace, tmp_path, capsys
     assert 0.0 <= recall["torch"] <= 1.0 and 0.0 <= recall["bundle"] <= 1.0
     assert recall["delta"] == pytest.approx(recall["bundle"] - recall["torch"])
 
-    # the graphs are really quantized (int8 matrix products, or int8 tables read back
-    # through DequantizeLinear where a tower has no matrix product) and keep the fp32 signature
-    quantized = {"DynamicQuantizeLinear", "MatMulInteger", "DynamicQuantizeMatMul"}
+    # the graphs are really quantized as the scheme says and keep the fp32 signature
+    wanted, unwanted = SCHEME_OPS[scheme]
     for file in ("user_tower.onnx", "item_tower.onnx"):
         onnx.checker.check_model(str(out / file))
         ops = {node.op_type for node in onnx.load(str(out / file)).graph.node}
-        assert ops & (quantized | {"DequantizeLinear"}), ops
-    fp32 = workspace.bundle(FAST_ENCODER, "onnx")[1]
+        assert ops & wanted and not ops & unwanted, ops
     for tower in ("user_tower", "item_tower"):
         assert manifest["graphs"][tower]["inputs"] == fp32["graphs"][tower]["inputs"]
     for name, digest in manifest["files"].items():
@@ -405,6 +421,21 @@ def test_int8_records_parity_instead_of_enforcing_it(workspace, tmp_path, capsys
     bundle = load_bundle(out)
     user = next(iter(bundle.user_ids))
     assert len(bundle.recommend(user, k=5)) == 5
+
+
+def test_static_int8_gives_a_user_the_same_vector_in_any_batch(workspace, tmp_path):
+    # dynamic int8 scales activations over the whole batch, so a user's vector moves
+    # with the other rows; static int8 fixed its scales at export, from calibration
+    folder, _ = export_bundle(
+        workspace.artifacts(ONNX_ENCODER), tmp_path / "b", quantize="int8-static"
+    )
+    bundle = load_bundle(folder)
+    users, histories, _ = bundle.test_queries()
+    together = bundle.encode(users, histories)
+    alone = np.concatenate(
+        [bundle.encode(users[i : i + 1], histories[i : i + 1]) for i in range(len(users))]
+    )
+    np.testing.assert_allclose(alone, together, rtol=0, atol=1e-6)
 
 
 def test_fp32_parity_is_enforced(workspace, tmp_path, monkeypatch):
@@ -436,7 +467,9 @@ def test_int8_needs_onnx(workspace, tmp_path, capsys, format):
 
 
 def test_unknown_quantization(workspace, tmp_path):
-    with pytest.raises(TwoTowerError, match="unknown quantization 'int4'; available: int8"):
+    with pytest.raises(
+        TwoTowerError, match="unknown quantization 'int4'; available: int8, int8-static"
+    ):
         export_bundle(workspace.artifacts(FAST_ENCODER), tmp_path / "b", quantize="int4")
 
 

@@ -581,7 +581,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     export.add_argument(
         "--quantize",
         choices=quantization_choices() if export.reads_registries else None,
-        help="quantize the exported towers, for the formats that offer it (onnx: int8)",
+        help="quantize the exported towers, for the formats that offer it (onnx: int8 "
+        "scales activations per call, fastest; int8-static fixes their scales at export, "
+        "so a user's vector is the same in any batch)",
     )
     export.add_argument("--json", action="store_true", help="print the parity report as JSON")
 

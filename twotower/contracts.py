@@ -129,13 +129,24 @@ class Format(Protocol):
         """The towers ``export`` wrote, computing on ``threads`` threads."""
 
 
+@dataclass(frozen=True)
+class Calibration:
+    """Inputs like those the towers will serve, for schemes that fix activation ranges
+    ahead (static quantization): ``user_batches`` as ``Towers.encode_users`` takes them,
+    ``item_batches`` as ``Towers.encode_items`` takes them."""
+
+    user_batches: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
+    item_batches: list[np.ndarray]
+
+
 @runtime_checkable
 class Quantizer(Protocol):
     """What a format that lists ``quantizations`` has besides (``twotower export --quantize``)."""
 
-    def quantize(self, folder: Path, scheme: str) -> None:
-        """Quantize the files ``export`` wrote into ``folder``, in place. Parity is then
-        recorded, not enforced: quantized towers are expected to differ a little."""
+    def quantize(self, folder: Path, scheme: str, calibration: Calibration) -> None:
+        """Quantize the files ``export`` wrote into ``folder``, in place; a scheme that
+        needs no calibration ignores ``calibration``. Parity is then recorded, not
+        enforced: quantized towers are expected to differ a little."""
 
 
 @runtime_checkable
@@ -209,8 +220,8 @@ CAPABILITIES = {
             "quantizations",
             ("formats",),
             (),
-            "the schemes its `quantize(folder, scheme)` (`Quantizer`) applies in place "
-            "to the files `export` wrote (`twotower export --quantize`)",
+            "the schemes its `quantize(folder, scheme, calibration)` (`Quantizer`) applies "
+            "in place to the files `export` wrote (`twotower export --quantize`)",
         ),
         Capability(
             "opset",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numbers
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -227,17 +227,24 @@ def encode_histories(
     max_len: int,
     batch: int = BATCH,
 ) -> np.ndarray:
-    """User vectors ``[Q, d]`` of ``(users[r], histories[r])``, ``batch`` at a time.
+    """User vectors ``[Q, d]`` of ``(users[r], histories[r])``, ``batch`` at a time
+    (``user_inputs``)."""
+    parts = [
+        towers.encode_users(*inputs) for inputs in user_inputs(users, histories, max_len, batch)
+    ]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)  # one batch: no copy
 
-    Each history keeps its last ``max_len`` items, left-padded to the longest
-    in its batch.
-    """
+
+def user_inputs(
+    users: Sequence[int], histories: Sequence[np.ndarray], max_len: int, batch: int = BATCH
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``(user_ids, history, history_mask)`` of ``batch`` queries at a time, as
+    ``Towers.encode_users`` takes them: each history keeps its last ``max_len``
+    items, left-padded to the longest in its batch."""
     users = np.asarray(users, dtype=np.int64)
-    parts = []
     for start in range(0, len(users), batch):
         ids, mask = pad_left(list(histories[start : start + batch]), max_len)
-        parts.append(towers.encode_users(users[start : start + batch], ids, mask))
-    return parts[0] if len(parts) == 1 else np.concatenate(parts)  # one batch: no copy
+        yield users[start : start + batch], ids, mask
 
 
 def top_k(

@@ -457,7 +457,8 @@ def check_format(format: str | type, user_encoder: str = "transformer") -> None:
     conforms(what, exporter, contracts.Format)
     schemes = contracts.capability(exporter, "quantizations")
     assert not schemes or not contracts.missing(exporter, contracts.Quantizer), (
-        f"{what}: offers quantizations {list(schemes)} but has no quantize(folder, scheme)"
+        f"{what}: offers quantizations {list(schemes)} but has no "
+        "quantize(folder, scheme, calibration)"
     )
     model = tiny_model(user_encoder)
     with tempfile.TemporaryDirectory() as folder:
@@ -471,12 +472,15 @@ def check_format(format: str | type, user_encoder: str = "transformer") -> None:
         conforms(f"{what}: what load() returns", towers, contracts.Towers)
         assert_towers_match(what, model, towers, items=True)
     dim = int(model.catalog_vectors().shape[1])
+    batches = history_batches(tiny_split(), model.max_history_len)
+    items = np.arange(1, model.num_items + 1)
+    calibration = contracts.Calibration(user_batches=batches, item_batches=[items])
     for scheme in schemes:
         with tempfile.TemporaryDirectory() as folder:
             exporter.export(model, Path(folder))
-            exporter.quantize(Path(folder), scheme)
+            exporter.quantize(Path(folder), scheme, calibration)
             towers = cls().load(Path(folder))
-            for batch in history_batches(tiny_split(), model.max_history_len):
+            for batch in batches:
                 vectors = towers.encode_users(*batch)
                 assert_vectors(f"{what}, quantized {scheme}", vectors, len(batch[0]), dim)
 

@@ -18,12 +18,13 @@ import numpy as np
 
 from .. import artifacts as files
 from .. import plugins
-from ..contracts import capability
+from ..contracts import Calibration, capability
 from ..errors import TwoTowerError
-from ..recommendation import prebuilt_indexes
+from ..recommendation import Recommender, prebuilt_indexes, user_inputs
 from .parity import check_parity
 
 COPIED = (files.MAPPINGS, files.ITEMS, files.USER_HISTORIES, files.CONFIG)
+ITEM_BATCH = 8192  # items of one calibration batch
 
 
 def offered_quantizations() -> dict[str, tuple[str, ...]]:
@@ -87,7 +88,7 @@ def export_bundle(
     with files.staged_folder(target, "bundle", reads=[recommender.folder]) as folder:
         exporter.export(model, folder)
         if quantize:
-            exporter.quantize(folder, quantize)
+            exporter.quantize(folder, quantize, calibration(recommender))
         towers = exporter.load(folder)
         item_vectors = towers.encode_items(np.arange(1, model.num_items + 1))
         parity = check_parity(recommender, towers, item_vectors, quantized=bool(quantize))
@@ -111,3 +112,16 @@ def export_bundle(
             extra["opset"] = exporter.opset
         manifest = files.write_manifest(folder, "bundle", extra)
     return target, manifest
+
+
+def calibration(recommender: Recommender) -> Calibration:
+    """What a bundle serves, for static quantization: every user's test query (its history
+    without the last item, as parity checks) and every item, in batches."""
+    users, histories, _ = recommender.test_queries()
+    items = np.arange(1, len(recommender.item_ids) + 1, dtype=np.int64)
+    return Calibration(
+        user_batches=list(user_inputs(users, histories, recommender.max_history_len)),
+        item_batches=[
+            items[start : start + ITEM_BATCH] for start in range(0, len(items), ITEM_BATCH)
+        ],
+    )

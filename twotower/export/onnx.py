@@ -1,7 +1,9 @@
 """ONNX format: both towers through ``torch.onnx.export`` (dynamo), served by onnxruntime.
 
 Batch size and history length are dynamic axes; weights are stored inside the
-``.onnx`` files; the format offers dynamic int8 quantization of both graphs.
+``.onnx`` files; the format offers int8 quantization of both graphs, with
+activation scales computed per call (``int8``) or fixed ahead from calibration
+inputs (``int8-static``).
 Importing this module does not import torch: the exporter imports it when
 called, the runtime needs only onnxruntime and numpy.
 """
@@ -14,6 +16,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from ..contracts import Calibration
 from ..errors import TwoTowerError
 from .quiet import quiet_exporter
 
@@ -44,15 +47,27 @@ class OnnxTowers:
         if self.max_length is not None and history.shape[1] > self.max_length:
             keep = slice(-self.max_length, None)
             history, history_mask = history[:, keep], history_mask[:, keep]
-        user_ids = np.asarray(user_ids, dtype=np.int64)
-        feed = {"user_ids": user_ids, "history": history, "history_mask": history_mask}
-        return self.user.run(None, feed)[0]
+        return self.user.run(None, user_feed(user_ids, history, history_mask))[0]
 
     def encode_items(self, item_ids) -> np.ndarray:
-        return self.item.run(None, {"item_ids": np.asarray(item_ids, dtype=np.int64)})[0]
+        return self.item.run(None, item_feed(item_ids))[0]
 
     def graphs(self) -> dict[str, Any]:
         return {"user_tower": describe(self.user), "item_tower": describe(self.item)}
+
+
+def user_feed(user_ids, history, history_mask) -> dict[str, np.ndarray]:
+    """The user graph's inputs by name."""
+    return {
+        "user_ids": np.asarray(user_ids, dtype=np.int64),
+        "history": np.asarray(history, dtype=np.int64),
+        "history_mask": np.asarray(history_mask, dtype=bool),
+    }
+
+
+def item_feed(item_ids) -> dict[str, np.ndarray]:
+    """The item graph's input by name."""
+    return {"item_ids": np.asarray(item_ids, dtype=np.int64)}
 
 
 def open_session(path: Path, options: ort.SessionOptions) -> ort.InferenceSession:
@@ -96,7 +111,7 @@ class OnnxFormat:
     name = "onnx"
     files = (USER_FILE, ITEM_FILE)
     opset = OPSET  # recorded in the bundle's manifest
-    quantizations = ("int8",)
+    quantizations = ("int8", "int8-static")
 
     def export(self, model, out_dir: Path) -> list[Path]:
         import onnx
@@ -155,26 +170,68 @@ class OnnxFormat:
     def load(self, bundle_dir: Path, threads: int = 1) -> OnnxTowers:
         return OnnxTowers(bundle_dir, threads)
 
-    def quantize(self, folder: Path, scheme: str) -> None:
-        """Dynamic int8 quantization of both graphs in place, keeping their metadata."""
+    def quantize(self, folder: Path, scheme: str, calibration: Calibration) -> None:
+        """int8 weights in both graphs, in place, keeping their metadata.
+
+        ``int8`` quantizes activations with a scale computed per call over the
+        whole batch, so a user's vector depends a little on the other rows of
+        its batch. ``int8-static`` fixes every activation's scale from the
+        min/max it takes over ``calibration`` (the calibrating graph reduces each
+        batch to those two numbers per tensor), so a vector depends on its own
+        row only.
+        """
         import onnx
-        from onnxruntime.quantization import QuantType, quantize_dynamic
+        from onnxruntime.quantization import (
+            QuantFormat,
+            QuantType,
+            quantize_dynamic,
+            quantize_static,
+        )
         from onnxruntime.quantization.registry import IntegerOpsRegistry
 
         # ONNX's standard Attention shares its name with onnxruntime's contrib
         # Attention, which the quantizer would turn into an invalid QAttention
         op_types = [op for op in IntegerOpsRegistry if op != "Attention"]
+        feeds = {
+            USER_FILE: [user_feed(*batch) for batch in calibration.user_batches],
+            ITEM_FILE: [item_feed(batch) for batch in calibration.item_batches],
+        }
         for name in self.files:
             source, target = Path(folder) / name, Path(folder) / f"{name}.{scheme}"
             metadata = {prop.key: prop.value for prop in onnx.load(str(source)).metadata_props}
             with quiet_exporter(""):
-                quantize_dynamic(
-                    str(source),
-                    str(target),
-                    weight_type=QuantType.QInt8,
-                    op_types_to_quantize=op_types,
-                )
+                if scheme == "int8-static":
+                    quantize_static(
+                        str(source),
+                        str(target),
+                        Feeds(feeds[name]),
+                        quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8,
+                        per_channel=True,
+                        op_types_to_quantize=op_types,
+                        # the same operators as dynamic int8, and float outputs as it
+                        # gives: the user vector is never rounded to 256 levels
+                        extra_options={"OpTypesToExcludeOutputQuantization": op_types},
+                    )
+                else:
+                    quantize_dynamic(
+                        str(source),
+                        str(target),
+                        weight_type=QuantType.QInt8,
+                        op_types_to_quantize=op_types,
+                    )
             quantized = onnx.load(str(target))
             onnx.helper.set_model_props(quantized, metadata)
             onnx.save(quantized, str(source))
             target.unlink()
+
+
+class Feeds:
+    """onnxruntime's calibration reader over a list of graph inputs, each once."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]):
+        self.remaining = iter(feeds)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self.remaining, None)
