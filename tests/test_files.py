@@ -134,6 +134,16 @@ def test_without_rating_every_interaction_is_positive(tmp_path):
     assert [split.item_ids[i - 1] for i in split.sequences[0]] == ["i0", "i1", "i2", "i3"]
 
 
+def test_rating_col_none_ignores_the_rating_column(tmp_path):
+    # ratings below --min-rating would drop i1 and i3; with none every row is a positive
+    rows = "".join(f"u,i{n},{n},{5 if n % 2 == 0 else 1}\n" for n in range(4))
+    path = write(tmp_path / "x.csv", "user,item,timestamp,rating\n" + rows)
+    dataset = files.load(config(interactions=str(path), rating_col="none"))
+    assert "rating" not in dataset.interactions.columns
+    split = make_split(dataset, min_rating=4.0)
+    assert [split.item_ids[i - 1] for i in split.sequences[0]] == ["i0", "i1", "i2", "i3"]
+
+
 def test_tsv_is_read_tab_separated(tmp_path):
     path = write(tmp_path / "x.tsv", "user\titem\ttimestamp\trating\n1\t2\t3\t4\n")
     frame = files.load_interactions(path)
@@ -177,6 +187,21 @@ def test_parquet_items_with_float_ids_match_the_interactions(tmp_path):
     dataset = files.load(config(interactions=str(path), items=str(items_path)))
     split = make_split(dataset, min_rating=4.0)
     assert split.titles == ["One", "Two", "Three"]
+
+
+def test_whole_float_ids_past_int64_stay_distinct(tmp_path):
+    # 1e19 and 2e19 are whole numbers no int64 holds: each is its own id, written in full
+    path = tmp_path / "x.parquet"
+    users = [1e19, 1e19, 2e19, 2e19, -3e19]
+    pd.DataFrame({"user": users, "item": [1, 2, 1, 3, 2], "timestamp": range(5)}).to_parquet(path)
+    frame = files.load(config(interactions=str(path))).interactions
+    assert frame["user"].tolist() == [
+        "10000000000000000000",
+        "10000000000000000000",
+        "20000000000000000000",
+        "20000000000000000000",
+        "-30000000000000000000",
+    ]
 
 
 # --- errors: one line naming the file (and row and column for values) --------------
@@ -272,6 +297,18 @@ def test_unreadable_parquet(tmp_path):
     path.write_bytes(b"not a parquet file")
     message = message_of(files.load_interactions, path)
     assert message.startswith(f"{path}: cannot read")
+
+
+def test_a_ragged_csv_is_refused_in_one_line(tmp_path):
+    path = write(tmp_path / "x.csv", "user,item,timestamp\n1,2,3\n1,3,4,extra\n")
+    message = message_of(files.load_interactions, path)
+    assert message.startswith(f"{path}: cannot read (ParserError: ")
+    assert "Expected 3 fields in line 3, saw 4" in message and "\n" not in message
+
+
+def test_a_folder_given_as_the_file_is_named_a_folder(tmp_path):
+    message = message_of(files.load_interactions, tmp_path)
+    assert message == f"{tmp_path} is a folder; give a CSV or Parquet file"
 
 
 def test_item_listed_twice_in_items_file(tmp_path):

@@ -43,7 +43,11 @@ class TwoTowerConfig:
     user_col: str | None = opt(None, "user column (default: user, user_id, userId)")
     item_col: str | None = opt(None, "item column (default: item, item_id, itemId, movieId)")
     time_col: str | None = opt(None, "timestamp column (default: timestamp, time)")
-    rating_col: str | None = opt(None, "rating column (default: rating; none = all positive)")
+    rating_col: str | None = opt(
+        None,
+        "rating column (default: rating, Rating or score if there is one; none: ignore "
+        "any, every interaction is positive)",
+    )
     title_col: str | None = opt(None, "title column of the items file (default: title)")
     genres_col: str | None = opt(None, "genres column of the items file (default: genres)")
     min_rating: float = opt(4.0, "implicit positives are ratings >= this")

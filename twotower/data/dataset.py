@@ -83,6 +83,8 @@ def as_id(values: pd.Series, column: str, source: str, row_offset: int) -> pd.Se
     if missing.any():
         bad_row(source, first(missing) + row_offset, column, "empty value")
     if pd.api.types.is_float_dtype(values) and (values % 1 == 0).all():
+        if not (values.abs() < 2.0**63).all():  # past int64, astype would make them one id
+            return values.map(lambda value: str(int(value)))  # exact for every whole float
         values = values.astype("int64")  # 12.0 -> "12", as the file meant
     if pd.api.types.is_integer_dtype(values):
         return values.astype(str)  # digits only: nothing to strip, never blank

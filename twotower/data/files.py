@@ -22,6 +22,7 @@ ALIASES = {
     "title": ("title", "movie_title", "name", "Title"),
     "genres": ("genres", "genre", "class", "Genres"),
 }
+NO_RATING = "none"  # --rating-col none: ignore any rating column, every interaction is positive
 
 
 def is_parquet(path: Path) -> bool:
@@ -35,6 +36,8 @@ def first_row(path: Path) -> int:
 
 def read_file(path: Path) -> pd.DataFrame:
     """Read a CSV/TSV or Parquet file with every CSV column as text."""
+    if path.is_dir():
+        raise TwoTowerError(f"{path} is a folder; give a CSV or Parquet file")
     if not path.is_file():
         raise TwoTowerError(f"file not found: {path}")
     try:
@@ -43,7 +46,8 @@ def read_file(path: Path) -> pd.DataFrame:
         sep = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
         return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""])
     except Exception as exc:  # pandas/pyarrow raise many types for unreadable files
-        raise TwoTowerError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from None
+        reason = " ".join(str(exc).split())  # one line: the parsers' messages hold newlines
+        raise TwoTowerError(f"{path}: cannot read ({type(exc).__name__}: {reason})") from None
 
 
 def pick_column(frame: pd.DataFrame, role: str, chosen: str | None, path: Path, required: bool):
@@ -77,7 +81,9 @@ def load_interactions(
         "user": pick_column(frame, "user", user_col, path, required=True),
         "item": pick_column(frame, "item", item_col, path, required=True),
         "timestamp": pick_column(frame, "timestamp", time_col, path, required=True),
-        "rating": pick_column(frame, "rating", rating_col, path, required=False),
+        "rating": None
+        if rating_col == NO_RATING
+        else pick_column(frame, "rating", rating_col, path, required=False),
     }
     picked = pd.DataFrame({role: frame[col] for role, col in columns.items() if col is not None})
     has_rating = columns["rating"] is not None
