@@ -250,6 +250,22 @@ def test_corrupted_artifact_is_named(capsys, artifacts_dir):
     assert line.startswith(f"error: artifacts file {path} is corrupted")
 
 
+def test_a_config_that_does_not_fit_the_weights_is_named(capsys, artifacts_dir):
+    # edited by hand and its checksum recorded again: the files agree with the manifest,
+    # not with each other
+    path = artifacts_dir / artifacts.CONFIG
+    config = json.loads(path.read_text())
+    config["embedding_dim"] *= 2
+    path.write_text(json.dumps(config))
+    manifest_path = artifacts_dir / artifacts.MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"][artifacts.CONFIG] = artifacts.sha256_of(path)
+    manifest_path.write_text(json.dumps(manifest))
+    line = recommend(capsys, artifacts_dir)
+    assert line.startswith(f"error: {artifacts_dir / artifacts.MODEL} does not fit {path} (")
+    assert line.endswith("the files are not from one fit")
+
+
 def test_corrupted_manifest(capsys, artifacts_dir):
     path = artifacts_dir / artifacts.MANIFEST
     path.write_text('{"format_version": 1, "files": {')

@@ -403,7 +403,56 @@ def unreadable_graph(folder: Path) -> str:
     return f"bundle graph {folder / 'user_tower.onnx'} cannot be loaded"
 
 
+def resign(folder: Path, name: str) -> None:
+    """Record ``name``'s new checksum, as a script that edits a bundle by hand might."""
+    digest = hashlib.sha256((folder / name).read_bytes()).hexdigest()
+    edit_manifest(folder, lambda m: m["files"].update({name: digest}))
+
+
+def another_format(folder: Path) -> str:
+    """The manifest names a format that did not write the files."""
+    edit_manifest(folder, lambda m: m.update(format="torchscript"))
+    return f"bundle {folder} cannot be loaded as the 'torchscript' format its manifest.json names"
+
+
+def unknown_history_item(folder: Path) -> str:
+    path = folder / artifacts.USER_HISTORIES
+    histories = json.loads(path.read_text())
+    user = next(iter(histories))
+    histories[user].append("NOPE")
+    path.write_text(json.dumps(histories))
+    resign(folder, artifacts.USER_HISTORIES)
+    return f"{path}: user {user!r} has item 'NOPE', which mappings.json does not list"
+
+
+def fewer_item_vectors(folder: Path) -> str:
+    path = folder / artifacts.ITEM_EMBEDDINGS
+    np.save(path, np.load(path, allow_pickle=False)[:10])
+    resign(folder, artifacts.ITEM_EMBEDDINGS)
+    return f"{folder}: item_embeddings.npy has 10 rows"
+
+
+def index_of_other_vectors(folder: Path) -> str:
+    """The HNSW index read as 32-dimensional: it would answer, with wrong scores."""
+    path = folder / "hnsw_index.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "dim": 32}))
+    resign(folder, "hnsw_index.json")
+    return f"the hnsw index in {folder} does not hold the folder's item vectors"
+
+
+def truncated_index(folder: Path) -> str:
+    path = folder / "hnsw_index.bin"
+    path.write_bytes(path.read_bytes()[:1000])
+    resign(folder, "hnsw_index.bin")
+    return f"the hnsw index in {folder} cannot be loaded (RuntimeError: "
+
+
 DAMAGES = [
+    another_format,
+    unknown_history_item,
+    fewer_item_vectors,
+    index_of_other_vectors,
+    truncated_index,
     remove_items,
     remove_index,
     remove_manifest,
@@ -420,11 +469,12 @@ def test_bad_bundle(capsys, bundle_dir, users, tmp_path, damage):
     folder = Path(shutil.copytree(bundle_dir, tmp_path / "bundle"))
     expected = damage(folder)
     with pytest.raises(TwoTowerError) as error:
-        load_bundle(folder)
+        load_bundle(folder, retriever="hnsw")  # opens the saved index too
     message = str(error.value)
     assert message.startswith(expected), message
     assert "\n" not in message
-    code, out, err = run(capsys, "recommend", "--bundle", folder, "--user-id", users[0])
+    argv = ("recommend", "--bundle", folder, "--user-id", users[0], "--retriever", "hnsw")
+    code, out, err = run(capsys, *argv)
     assert code == 1 and out == ""
     assert "Traceback" not in err
     assert err.strip() == f"error: {message}"

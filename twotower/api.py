@@ -184,7 +184,14 @@ def load_model(folder: Path, config: TwoTowerConfig) -> TwoTowerModel:
     model = TwoTowerModel(
         config, checkpoint["num_users"], checkpoint["num_items"], genres, encoder_class
     )
-    model.load_state_dict(checkpoint["state_dict"])
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as exc:  # the weights do not have the shapes config.json describes
+        first = str(exc).splitlines()[0]
+        raise TwoTowerError(
+            f"{folder / files.MODEL} does not fit {folder / files.CONFIG} ({first}): "
+            "the files are not from one fit"
+        ) from None
     return model.eval()
 
 

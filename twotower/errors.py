@@ -9,3 +9,9 @@ line and exits non-zero; anything else is a bug and keeps its traceback.
 
 class TwoTowerError(Exception):
     """A problem with the user's input, data or artifacts, explained in one line."""
+
+
+def reason(exc: BaseException) -> str:
+    """A third-party exception's message on one line, for a ``TwoTowerError`` that cites it."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

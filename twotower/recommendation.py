@@ -23,7 +23,7 @@ from . import plugins
 from .config import TwoTowerConfig
 from .contracts import Retriever, Towers, capability
 from .data.padding import pad_left
-from .errors import TwoTowerError
+from .errors import TwoTowerError, reason
 
 BATCH = 256  # histories encoded in one call of the user tower
 
@@ -75,14 +75,30 @@ class Recommender:
         self.items = files.read_json(self.folder, files.ITEMS)["items"]
         self.histories: dict[str, list[str]] = files.read_json(self.folder, files.USER_HISTORIES)
         self.history_indexes = {
-            user: np.array([self.item_index[i] for i in items], dtype=np.int64)
-            for user, items in self.histories.items()
+            user: self.indexes_of(user, items) for user, items in self.histories.items()
         }
         self.item_vectors = files.load_array(self.folder, files.ITEM_EMBEDDINGS)
+        if len(self.item_vectors) != len(self.item_ids) or len(self.items) != len(self.item_ids):
+            raise TwoTowerError(
+                f"{self.folder}: {files.ITEM_EMBEDDINGS} has {len(self.item_vectors)} rows and "
+                f"{files.ITEMS} {len(self.items)} items, but {files.MAPPINGS} lists "
+                f"{len(self.item_ids)}: the files are not from one fit"
+            )
         self.default_retriever = retriever or config.retriever
         self._retrievers: dict[str, Retriever] = {}
         self._opening = threading.Lock()
         self.retriever()  # a bad name or index fails now, not at the first query
+
+    def indexes_of(self, user: str, items: list[str]) -> np.ndarray:
+        """Item indexes of a saved history; an item the mappings lack is refused by name."""
+        try:
+            return np.array([self.item_index[i] for i in items], dtype=np.int64)
+        except KeyError as missing:
+            raise TwoTowerError(
+                f"{self.folder / files.USER_HISTORIES}: user {user!r} has item "
+                f"{missing.args[0]!r}, which {files.MAPPINGS} does not list: the files are "
+                "not from one fit"
+            ) from None
 
     def retriever(self, name: str | None = None) -> Retriever:
         """The named retriever (the default one when None), opened on first use."""
@@ -201,12 +217,34 @@ def saved_config(folder: Path) -> TwoTowerConfig:
 def open_retriever(
     name: str, folder: Path, item_vectors: np.ndarray, config: TwoTowerConfig
 ) -> Retriever:
-    """Retriever ``name``'s index saved in ``folder``, else one built with its options."""
+    """Retriever ``name``'s index saved in ``folder``, else one built with its options.
+
+    A saved index is probed before it is used: asked for the first item's own
+    vector, it must name an item and give that item's true score, so an index
+    that does not hold these vectors is refused instead of answering wrongly.
+    """
     cls = plugins.retrievers().get(name)
     try:
-        return cls.load(folder)
+        index = cls.load(folder)
     except FileNotFoundError:
         return cls.build(item_vectors, **plugins.component_options(config, name))
+    except TwoTowerError:
+        raise
+    except Exception as exc:  # each retriever's loader fails in its own words
+        raise TwoTowerError(
+            f"the {name} index in {folder} cannot be loaded ({reason(exc)})"
+        ) from None
+    probe = item_vectors[:1]
+    rows, scores = index.search(probe, 1)
+    row = int(rows[0, 0])
+    if not 0 <= row < len(item_vectors) or not np.isclose(
+        scores[0, 0], item_vectors[row] @ probe[0], rtol=1e-3, atol=1e-4
+    ):
+        raise TwoTowerError(
+            f"the {name} index in {folder} does not hold the folder's item vectors "
+            f"({files.ITEM_EMBEDDINGS}): rebuild it with twotower export or fit"
+        )
+    return index
 
 
 def prebuilt_indexes(item_vectors: np.ndarray, config: TwoTowerConfig) -> list[Retriever]:

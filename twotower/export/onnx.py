@@ -17,7 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..contracts import Calibration
-from ..errors import TwoTowerError
+from ..errors import TwoTowerError, reason
 from .quiet import quiet_exporter
 
 OPSET = 23
@@ -75,8 +75,7 @@ def open_session(path: Path, options: ort.SessionOptions) -> ort.InferenceSessio
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime's errors derive from Exception only
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TwoTowerError(f"bundle graph {path} cannot be loaded ({reason})") from None
+        raise TwoTowerError(f"bundle graph {path} cannot be loaded ({reason(exc)})") from None
 
 
 def describe(session: ort.InferenceSession) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import Any
 from .. import artifacts as files
 from .. import plugins
 from ..contracts import Towers
-from ..errors import TwoTowerError
+from ..errors import TwoTowerError, reason
 from ..recommendation import Recommender, saved_config
 
 
@@ -22,9 +22,24 @@ def load_bundle(path: str | Path, retriever: str | None = None, threads: int = 1
     """
     folder = Path(path)
     manifest = files.read_manifest(folder, "bundle")
-    towers = plugins.formats().get(manifest["format"])().load(folder, threads)
+    towers = load_towers(folder, manifest, threads)
     check_graphs(folder, manifest, towers)
     return Recommender(folder, manifest, saved_config(folder), towers, retriever)
+
+
+def load_towers(folder: Path, manifest: dict[str, Any], threads: int) -> Towers:
+    """The towers of the format the manifest names. A bundle that format cannot load
+    (its manifest names another format than wrote the files) is one clear error."""
+    format = manifest["format"]
+    try:
+        return plugins.formats().get(format)().load(folder, threads)
+    except TwoTowerError:
+        raise
+    except Exception as exc:  # each format's loader fails in its own words
+        raise TwoTowerError(
+            f"bundle {folder} cannot be loaded as the {format!r} format its manifest.json "
+            f"names ({reason(exc)})"
+        ) from None
 
 
 def check_graphs(folder: Path, manifest: dict[str, Any], towers: Towers) -> None:
