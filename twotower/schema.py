@@ -45,10 +45,15 @@ class Allowed:
             return "one of " + ", ".join(str(choice) for choice in self.choices)
         if self.low is not None and self.high is not None:
             left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
-            return f"in {left}{self.low:g}, {self.high:g}{right}"
+            return f"in {left}{bound(self.low)}, {bound(self.high)}{right}"
         if self.low is not None:
-            return f"{'>' if self.low_open else '>='} {self.low:g}"
-        return f"{'<' if self.high_open else '<='} {self.high:g}"
+            return f"{'>' if self.low_open else '>='} {bound(self.low)}"
+        return f"{'<' if self.high_open else '<='} {bound(self.high)}"
+
+
+def bound(value: float) -> str:
+    """A range's end as people write it: integers in full (1048576, not 1.04858e+06)."""
+    return str(value) if isinstance(value, int) else f"{value:g}"
 
 
 def at_least(low: float) -> Allowed:

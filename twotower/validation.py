@@ -37,21 +37,23 @@ REGISTRY_OF = {
     "retriever": "retrievers",
 }
 
+# Sizes have upper bounds far past any model this trains, so that a slip of the keyboard
+# (a dim of 100000000) is refused here instead of filling the machine's memory.
 RULES: dict[str, Allowed] = {
     "min_user_positives": at_least(3),  # one train, one validation, one test item
-    "max_history_len": at_least(1),
-    "embedding_dim": at_least(1),
-    "num_layers": at_least(1),
-    "num_heads": at_least(1),
+    "max_history_len": between(1, 10_000),
+    "embedding_dim": between(1, 8192),
+    "num_layers": between(1, 256),
+    "num_heads": between(1, 1024),
     "dropout": between(0, 1, high_open=True),
     "init_std": positive(),
     "temperature": positive(),
     "min_temperature": positive(),
     "max_temperature": positive(),
     "train_mode": one_of("auto", "prefix", "sequence"),
-    "num_negatives": at_least(1),
-    "batch_size": at_least(1),
-    "sequence_batch_size": at_least(1),
+    "num_negatives": between(1, 2**20),
+    "batch_size": between(1, 2**20),
+    "sequence_batch_size": between(1, 2**20),
     "lr": positive(),
     "weight_decay": at_least(0),
     "lr_schedule": one_of("constant", "cosine"),
