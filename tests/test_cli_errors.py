@@ -297,6 +297,20 @@ def test_evaluate_checks_artifacts_too(capsys, artifacts_dir):
     assert only_error_line(code, err).startswith(f"error: artifacts file {path} is corrupted")
 
 
+def test_evaluate_says_how_to_find_data_that_moved(capsys, tmp_path):
+    csv = write_interactions(tmp_path / "tiny.csv")
+    fitted = tmp_path / "fitted"
+    argv = ["fit", "--interactions", str(csv), "--artifacts-dir", str(fitted), "--epochs", "1"]
+    assert main([*argv, "--no-progress", "--json"]) == 0
+    capsys.readouterr()
+    csv.rename(tmp_path / "moved.csv")
+    code, _, err = run(capsys, "evaluate", "--artifacts-dir", str(fitted))
+    assert only_error_line(code, err) == (
+        f"error: file not found: {csv} (the data {fitted} was fitted on; if it moved, point "
+        "evaluate at it with --data-dir, --interactions or --items)"
+    )
+
+
 # --- the real console script ---------------------------------------------------------------
 
 

@@ -233,7 +233,16 @@ def evaluate(
     }
     given = {key: value for key, value in overrides.items() if value is not None}
     config = validate(recommender.config.replace(**given))
-    split = prepare(config)
+    pointed = any(key in given for key in ("data_dir", "interactions", "items"))
+    try:
+        split = prepare(config)
+    except TwoTowerError as exc:
+        if pointed:
+            raise
+        raise TwoTowerError(  # the fit's data paths, as the fit was given them
+            f"{exc} (the data {recommender.folder} was fitted on; if it moved, point evaluate "
+            "at it with --data-dir, --interactions or --items)"
+        ) from None
     if split.fingerprint != recommender.manifest["data_sha256"]:
         raise TwoTowerError(
             f"the data ({describe_data(config)}) is not the data {recommender.folder} was "
