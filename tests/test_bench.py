@@ -1,9 +1,11 @@
 """The benchmark harness on a tiny model: every row is there and accuracy matches evaluate."""
 
 import json
+import os
+import stat
 
 import pytest
-from helpers import tiny_config
+from helpers import snapshot, tiny_config
 
 from twotower import evaluate, fit, plugins
 from twotower.bench import report, scale, serving, train
@@ -117,3 +119,29 @@ def test_a_contender_names_settings_a_file_or_the_defaults(tmp_path):
     for bad in ("epochs", "no_such_setting=1", "dropout=2"):
         with pytest.raises(TwoTowerError):
             train.contender(bad, base)
+
+
+def test_a_result_file_gets_the_mode_open_would_give(tmp_path):
+    """The umask decides for a new file (mkstemp's own mode is 0o600); a file keeps its own."""
+    previous = os.umask(0o027)
+    try:
+        new = report.write_text(tmp_path / "new.json", "{}\n")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(new.stat().st_mode) == 0o640
+    kept = tmp_path / "kept.md"
+    kept.write_text("old")
+    kept.chmod(0o604)
+    report.write_text(kept, "new")
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o604 and kept.read_text() == "new"
+
+
+def test_a_result_file_that_cannot_be_written_is_one_error_naming_it(tmp_path):
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("precious")
+    before = snapshot(tmp_path)
+    with pytest.raises(TwoTowerError) as caught:
+        report.write_json({"rows": []}, folder)
+    assert str(caught.value) == f"cannot write {folder} (Is a directory)"
+    assert snapshot(tmp_path) == before  # no temporary file left either

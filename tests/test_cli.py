@@ -2,10 +2,14 @@
 
 import json
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
-from helpers import run, tiny_config
+from helpers import refused, run, synthetic_fit, tiny_config
 
 from twotower import progress
 from twotower.cli import build_parser, resolve_config
@@ -128,3 +132,55 @@ def test_a_fit_logged_to_a_file_prints_one_line_per_epoch(capsys, tmp_path):
         for line in epochs
     ), epochs
     assert "━" not in err  # no bar was drawn
+
+
+def test_bench_refuses_result_files_it_cannot_write_before_it_runs(capsys, tmp_path):
+    """Refused in one line before the suite runs: the JSON file given too is never written."""
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("precious")
+    file, under_file = tmp_path / "file", tmp_path / "file" / "r.md"
+    file.write_text("mine")
+    cases = {
+        folder: f"error: {folder} is a folder; give the name of a file to write",
+        under_file: f"error: cannot write {under_file}: {file} is a file, not a folder",
+    }
+    if Path("/proc/self").is_dir():  # Linux: a place no one may create files in, root included
+        cases[Path("/proc/r.md")] = "error: cannot write /proc/r.md in /proc ("
+    bench = ["bench", "scale", "--sizes", "1000", "--queries", "10", "--repeats", "1"]
+    bench += ["--threads", "1", "--json-file", tmp_path / "ok.json"]
+    for path, line in cases.items():
+        assert refused(capsys, tmp_path, *bench, "--markdown-file", path).startswith(line)
+
+
+def wait_until(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_sigterm_stops_a_fit_as_ctrl_c_does(tmp_path):
+    """`kill`, `timeout`, `docker stop`: exit 143, one line, nothing left beside the target."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    argv = synthetic_fit(tmp_path / "data", "--artifacts-dir", str(runs / "new" / "artifacts"))
+    argv = [a for a in argv if a not in ("--json", "--no-progress")]  # a line per epoch
+    log = tmp_path / "stderr.txt"
+    with open(log, "w") as sink:
+        fit = subprocess.Popen(
+            [sys.executable, "-m", "twotower", *argv, "--epochs", "1000", "--patience", "1000"],
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
+        )
+    try:
+        wait_until(lambda: "\nepoch " in log.read_text(), 120, "training")
+        assert any(p.name.startswith(".artifacts.staging-") for p in (runs / "new").iterdir())
+        fit.send_signal(signal.SIGTERM)
+        assert fit.wait(timeout=60) == 143
+    finally:
+        fit.kill()
+        fit.wait()
+    lines = [line for line in log.read_text().splitlines() if line.strip()]
+    assert lines[-1] == "terminated" and "Traceback" not in log.read_text()
+    assert list(runs.iterdir()) == []  # no lock, no staging folder, no parent it created

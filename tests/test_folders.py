@@ -7,7 +7,9 @@ every refusal must leave every folder byte for byte as it was.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -100,6 +102,51 @@ def test_a_failed_fit_removes_the_parents_it_created(capsys, tmp_path):
     code, _, err = run(capsys, *argv)
     assert "nothing left after filtering" in error_line(code, err)  # after the target was claimed
     assert list(tmp_path.iterdir()) == []
+
+
+def test_fit_writes_through_a_target_that_is_a_link(capsys, tmp_path, folders):
+    """The folder the link names gets the new model; the link stays, nothing is left."""
+    artifacts_dir, _ = folders
+    link = tmp_path / "link"
+    link.symlink_to(artifacts_dir.name)  # as `ln -s artifacts link`
+    argv = synthetic_fit(tmp_path / "data", "--artifacts-dir", str(link), "--seed", "1")
+    code, _, err = run(capsys, *argv)
+    assert code == 0, err
+    assert link.is_symlink() and os.readlink(link) == artifacts_dir.name
+    assert artifacts.read_manifest(artifacts_dir)["config"]["seed"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["artifacts", "bundle", "link"]
+
+
+def test_a_stale_link_beside_the_target_is_removed_not_followed(tmp_path):
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    for name in (".artifacts.previous-7", ".artifacts.staging-x"):
+        (tmp_path / name).symlink_to(kept)
+    artifacts.remove_stale(tmp_path / "artifacts")
+    assert [p.name for p in tmp_path.iterdir()] == ["kept"]
+    assert (kept / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("name, other", [("run[1]", "run1"), ("run*", "runx"), ("run?", "runs")])
+def test_a_target_named_like_a_pattern_removes_only_its_own_staging(tmp_path, name, other):
+    own = [tmp_path / f".{name}.staging-a", tmp_path / f".{name}.previous-2"]
+    others = [tmp_path / f".{other}.staging-b", tmp_path / f".{other}.previous-3"]
+    for folder in own + others:
+        folder.mkdir()
+    artifacts.remove_stale(tmp_path / name)
+    assert sorted(tmp_path.iterdir()) == sorted(others)
+
+
+def test_a_staged_folder_gets_the_mode_mkdir_would_give(tmp_path):
+    """The umask decides, as for any folder the user makes (mkdtemp's own mode is 0o700)."""
+    previous = os.umask(0o027)
+    try:
+        with artifacts.staged_folder(tmp_path / "new") as staging:
+            (staging / artifacts.CONFIG).write_text("{}")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "new").stat().st_mode) == 0o750
 
 
 # --- one run at a time -----------------------------------------------------------------

@@ -541,6 +541,16 @@ def worker_pids(server: Served) -> set[str]:
     }
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sigterm_stops_the_server_cleanly(bundle, tmp_path, workers):
+    # what docker stop and systemd send: the server drains and the command ends normally
+    with serving(bundle, tmp_path / "serve.log", "--workers", workers) as server:
+        assert server.client.get("/healthz").status_code == 200
+        stop(server.process)
+        assert server.process.returncode == 0, server.text()
+    assert "Traceback" not in server.text()
+
+
 def test_workers_serve_and_reload_one_by_one(bundle, core, tmp_path):
     served_folder = Path(shutil.copytree(bundle, tmp_path / "served"))
     with serving(served_folder, tmp_path / "serve.log", "--workers", "2") as server:

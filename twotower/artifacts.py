@@ -5,7 +5,9 @@ in only when every file and the manifest are complete, so an interrupted or
 failed run never leaves a half-written folder. One run at a time writes a
 target: a lock beside it refuses a second. A folder is only ever replaced
 by a folder of its own kind, written by twotower, that holds nothing but the
-files its manifest lists, and never by the command that reads it.
+files its manifest lists, and never by the command that reads it. A
+target that is a link is written through: the folder it names is
+replaced, the link stays.
 
 ``manifest.json`` says what the folder is (``kind``) and lists each file
 with its sha256; reading checks its fields, refuses files it does not list,
@@ -18,6 +20,7 @@ everything else is JSON.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -155,6 +158,18 @@ def save_array(path: Path, array: np.ndarray) -> None:
         np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
 
 
+def ordinary_mode(folder: bool = False) -> int:
+    """The mode ``open(path, "w")`` or ``mkdir`` would give: 0o666 or 0o777 less the umask.
+
+    ``mkstemp`` and ``mkdtemp`` make their files private (0o600, 0o700),
+    right while they are temporary, wrong once one becomes the user's file.
+    The umask can only be read by setting it, so it is set back at once.
+    """
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return (0o777 if folder else 0o666) & ~umask
+
+
 # --- writing ------------------------------------------------------------------------
 
 
@@ -258,11 +273,43 @@ def exclusive(target: Path) -> Iterator[None]:
         lock.release()
 
 
+def remove_entry(path: Path) -> None:
+    """Remove a staging folder, or whatever else stands at its name.
+
+    A link is unlinked: ``rmtree`` refuses links (silently, with
+    ``ignore_errors``), and must never follow one into the folder it names.
+    """
+    if path.is_symlink() or not path.is_dir():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def remove_stale(target: Path) -> None:
-    """Staging folders of ``target`` left by a killed run (only called under its lock)."""
-    for pattern in (f".{target.name}.staging-*", f".{target.name}.previous-*"):
+    """Staging folders of ``target`` left by a killed run (only called under its lock).
+
+    The name is escaped: ``run[1]`` would otherwise match ``run1``'s staging folders.
+    """
+    name = glob.escape(target.name)
+    for pattern in (f".{name}.staging-*", f".{name}.previous-*"):
         for stale in target.parent.glob(pattern):
-            shutil.rmtree(stale, ignore_errors=True)
+            remove_entry(stale)
+
+
+def real_target(target: Path) -> Path:
+    """The folder a target that is a link names: it is written, and the link stays.
+
+    The swap renames over the target's name; over a link it would put a
+    folder in the link's place and leave the folder it names holding the
+    old files. Resolved first, the lock is also the same whichever name
+    a run is given.
+    """
+    if not target.is_symlink():
+        return target
+    try:
+        return target.resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a loop of links (Python < 3.13)
+        raise TwoTowerError(f"cannot follow the link {target} ({exc})") from None
 
 
 @contextlib.contextmanager
@@ -273,9 +320,10 @@ def staged_folder(
 
     On entry the target is checked (``check_target``) and locked, so a run
     fails before its work, not after. A failed block leaves nothing behind,
-    not even the parent folders it had to create.
+    not even the parent folders it had to create. A target that is a link
+    is written through (``real_target``).
     """
-    target = Path(target)
+    target = real_target(Path(target))
     check_target(target, KINDS[kind], reads)
     created = [p for p in (target.parent, *target.parent.parents) if not p.exists()]
     try:
@@ -288,14 +336,14 @@ def staged_folder(
             check_target(target, KINDS[kind], reads)  # again: it may have changed before the lock
             remove_stale(target)
             staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-", dir=target.parent))
-            staging.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
+            staging.chmod(ordinary_mode(folder=True))  # mkdtemp's is private (0o700)
             try:
                 yield staging
                 previous = target.with_name(f".{target.name}.previous-{os.getpid()}")
                 if target.exists():
                     target.rename(previous)
                 staging.rename(target)
-                shutil.rmtree(previous, ignore_errors=True)
+                remove_entry(previous)
                 done = True
             finally:
                 shutil.rmtree(staging, ignore_errors=True)

@@ -4,20 +4,24 @@ Run settings are the fields of ``TwoTowerConfig``: each is a ``--field-name``
 flag and a key of ``--config FILE.toml`` (flags win). Choices of plugin-backed
 settings are read from the registries. Every command that takes settings
 validates all of them (``validation.py``) before it reads anything else.
+SIGTERM stops a command as Ctrl-C does, cleaning up alike (exit 143, 130).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import difflib
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import types
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -325,9 +329,12 @@ def cmd_serve(args: argparse.Namespace) -> None:
             f"twotower serve needs the serve extra ({exc.name} is not installed): "
             "pip install 'twotower[serve]'"
         ) from None
-    server.serve(
-        args.bundle, args.host, args.port, args.workers, retriever, args.threads, args.json
-    )
+    try:
+        server.serve(
+            args.bundle, args.host, args.port, args.workers, retriever, args.threads, args.json
+        )
+    except Terminated:  # raised again by uvicorn once it has drained: stopped as asked
+        return
 
 
 def port_number(text: str) -> int:
@@ -385,8 +392,25 @@ def seed_list(text: str) -> list[int]:
     return values
 
 
+def result_files(args: argparse.Namespace) -> list[Path]:
+    """The files a suite writes its results to, as given."""
+    paths = (args.json_file, args.markdown_file, getattr(args, "plot", None))
+    return [path for path in paths if path]
+
+
+def check_result_files(args: argparse.Namespace) -> None:
+    """Refuse result files that cannot be written now, not after the suite has run."""
+    from .bench import report
+
+    for path in result_files(args):
+        report.check_writable(path)
+
+
 def write_results(args: argparse.Namespace, result: dict) -> None:
-    """A suite's ``--json-file`` and ``--markdown-file``, each with the command that ran."""
+    """A suite's ``--json-file`` and ``--markdown-file``, each with the command that ran.
+
+    A failure (the disk filled up, a folder appeared) is one error naming the file.
+    """
     from .bench import report
 
     result["command"] = " ".join(["twotower", *sys.argv[1:]])
@@ -400,6 +424,7 @@ def run_suite(args: argparse.Namespace, measure: Callable[[Callable[[str], None]
     """Run one bench suite under a spinner, then write, show and return what it measured."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+    check_result_files(args)
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
     with Progress(*columns, console=errors, transient=True) as progress:
         task = progress.add_task(f"bench {args.suite}")
@@ -434,7 +459,10 @@ def cmd_bench_scale(args: argparse.Namespace) -> None:
 
     result = run_suite(args, measure)
     if args.plot:
-        scale.plot(result, args.plot)
+        try:
+            scale.plot(result, args.plot)
+        except OSError as exc:
+            raise TwoTowerError(f"cannot write {args.plot} ({exc.strerror or exc})") from None
 
 
 def cmd_bench_train(args: argparse.Namespace) -> None:
@@ -739,6 +767,39 @@ def refuse_unknown(parser: argparse.ArgumentParser, unknown: Sequence[str]) -> N
     parser.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, ``docker stop``, torchrun stopping its ranks).
+
+    A KeyboardInterrupt, so that whatever cleans up after Ctrl-C (staging
+    folders, locks, the progress display) cleans up after SIGTERM too.
+    """
+
+
+def on_sigterm(signum: int, frame: types.FrameType | None) -> None:
+    """Raise ``Terminated`` where the program is; a second SIGTERM ends it at once."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise Terminated
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """SIGTERM raises ``Terminated`` during the block, then the previous handler is back.
+
+    Only the main thread may set handlers; the tests call ``main`` in-process.
+    ``serve`` still stops as uvicorn does: it takes SIGTERM while it serves,
+    drains, and raises it again, into this handler, once it has shut down;
+    ``cmd_serve`` then ends normally (exit 0, as with several workers).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, on_sigterm)  # None: one set outside Python
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     log = logging.getLogger("twotower")
     if not log.handlers:
@@ -747,14 +808,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.propagate = False
     try:
         argv = sys.argv[1:] if argv is None else argv
-        args, unknown = build_parser(argv).parse_known_args(argv)
-        if unknown:
-            refuse_unknown(args.parser, unknown)
-        args.run(args)
+        with sigterm_raises():
+            args, unknown = build_parser(argv).parse_known_args(argv)
+            if unknown:
+                refuse_unknown(args.parser, unknown)
+            args.run(args)
     except TwoTowerError as exc:
         # the message is text, not markup: "[a, b]" must print as written
         errors.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 1
+    except Terminated:
+        errors.print("terminated")
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         errors.print("interrupted")
         return 130

@@ -1,34 +1,76 @@
-"""Results as JSON (for machines) and Markdown tables (for docs), one table spec per suite."""
+"""Results as JSON (for machines) and Markdown tables (for docs), one table spec per suite.
+
+Result files are checked before a suite runs (``check_writable``), so a
+path that cannot be written fails in seconds, not after the benchmark.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..artifacts import ordinary_mode
+from ..errors import TwoTowerError
+
 Column = tuple[str, Callable[[dict[str, Any]], str]]
+
+
+def check_writable(path: Path) -> None:
+    """Refuse a result path that could not be written at the end of the run.
+
+    That is a folder (it is never replaced), or a path under a file or
+    under a folder this process cannot write in. A file is created there and
+    removed at once: that asks what permissions, read-only mounts and root
+    would say, as a look at the mode bits cannot.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise TwoTowerError(f"{path} is a folder; give the name of a file to write")
+    parent = next(folder for folder in path.parents if folder.exists())
+    if not parent.is_dir():
+        raise TwoTowerError(f"cannot write {path}: {parent} is a file, not a folder")
+    try:
+        tempfile.TemporaryFile(dir=parent).close()
+    except OSError as exc:
+        raise TwoTowerError(f"cannot write {path} in {parent} ({exc.strerror or exc})") from None
 
 
 def write_text(path: Path, text: str) -> Path:
     """Write ``path`` whole or not at all: a temporary sibling, then a rename over it.
 
     Suites rewrite their files after every run, so a reader (or a stop)
-    never meets half a file.
+    never meets half a file. A failure is one error naming the path.
     """
     path = Path(path)
+    try:
+        replace_whole(path, text)
+    except OSError as exc:
+        raise TwoTowerError(f"cannot write {path} ({exc.strerror or exc})") from None
+    return path
+
+
+def replace_whole(path: Path, text: str) -> None:
+    """``text`` into a temporary sibling, renamed over ``path``; nothing is left on failure.
+
+    The file gets the mode ``open(path, "w")`` would give it: an existing
+    file's own, else the ordinary one (mkstemp's is private).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
+    mode = stat.S_IMODE(path.stat().st_mode) if path.is_file() else ordinary_mode()
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             out.write(text)
+        os.chmod(temporary, mode)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    return path
 
 
 def write_json(result: dict[str, Any], path: Path) -> Path:
