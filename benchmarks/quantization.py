@@ -31,6 +31,7 @@ from twotower.bench.timing import environment, interleaved, pinned_threads
 from twotower.data.padding import pad_left
 from twotower.export.bundle import export_bundle, offered_quantizations
 from twotower.metrics import overlap_at_k
+from twotower.recommendation import top_k
 from twotower.serving import load_bundle
 
 RESULTS = Path(__file__).parent / "results"
@@ -45,13 +46,9 @@ def batch_dependence(bundle, users, histories) -> dict[str, float]:
     alone = np.concatenate(
         [bundle.encode(users[i : i + 1], histories[i : i + 1]) for i in range(len(users))]
     )
-    top_together = bundle.search(users, histories, K, retriever="exact")[0]
-    top_alone = np.concatenate(
-        [
-            bundle.search(users[i : i + 1], histories[i : i + 1], K, retriever="exact")[0]
-            for i in range(len(users))
-        ]
-    )
+    exact = bundle.retriever("exact")
+    top_together = top_k(exact, together, histories, K, exclude_seen=True)[0]
+    top_alone = top_k(exact, alone, histories, K, exclude_seen=True)[0]
     return {
         "alone_identical_top10": float(np.mean((top_alone == top_together).all(axis=1))),
         "alone_overlap@10": overlap_at_k(top_alone, top_together),

@@ -6,6 +6,9 @@ that fits on one line and says what is wrong and where. The CLI prints that
 line and exits non-zero; anything else is a bug and keeps its traceback.
 """
 
+import contextlib
+from collections.abc import Iterator
+
 
 class TwoTowerError(Exception):
     """A problem with the user's input, data or artifacts, explained in one line."""
@@ -15,3 +18,15 @@ def reason(exc: BaseException) -> str:
     """A third-party exception's message on one line, for a ``TwoTowerError`` that cites it."""
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def refused_as(message: str) -> Iterator[None]:
+    """Run third-party code that fails on a user's bad file: any exception but a
+    ``TwoTowerError`` becomes one, ``message`` followed by the cause's own words."""
+    try:
+        yield
+    except TwoTowerError:
+        raise
+    except Exception as exc:  # loaders (onnxruntime, hnswlib, plugins) raise their own types
+        raise TwoTowerError(f"{message} ({reason(exc)})") from None

@@ -23,7 +23,7 @@ from . import plugins
 from .config import TwoTowerConfig
 from .contracts import Retriever, Towers, capability
 from .data.padding import pad_left
-from .errors import TwoTowerError, reason
+from .errors import TwoTowerError, refused_as
 
 BATCH = 256  # histories encoded in one call of the user tower
 
@@ -224,16 +224,13 @@ def open_retriever(
     that does not hold these vectors is refused instead of answering wrongly.
     """
     cls = plugins.retrievers().get(name)
-    try:
-        index = cls.load(folder)
-    except FileNotFoundError:
+    with refused_as(f"the {name} index in {folder} cannot be loaded"):
+        try:
+            index = cls.load(folder)
+        except FileNotFoundError:
+            index = None
+    if index is None:
         return cls.build(item_vectors, **plugins.component_options(config, name))
-    except TwoTowerError:
-        raise
-    except Exception as exc:  # each retriever's loader fails in its own words
-        raise TwoTowerError(
-            f"the {name} index in {folder} cannot be loaded ({reason(exc)})"
-        ) from None
     probe = item_vectors[:1]
     rows, scores = index.search(probe, 1)
     row = int(rows[0, 0])

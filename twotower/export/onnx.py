@@ -17,7 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..contracts import Calibration
-from ..errors import TwoTowerError, reason
+from ..errors import refused_as
 from .quiet import quiet_exporter
 
 OPSET = 23
@@ -72,10 +72,8 @@ def item_feed(item_ids) -> dict[str, np.ndarray]:
 
 def open_session(path: Path, options: ort.SessionOptions) -> ort.InferenceSession:
     """An onnxruntime session on ``path``; a graph it cannot read is one clear error."""
-    try:
+    with refused_as(f"bundle graph {path} cannot be loaded"):
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime's errors derive from Exception only
-        raise TwoTowerError(f"bundle graph {path} cannot be loaded ({reason(exc)})") from None
 
 
 def describe(session: ort.InferenceSession) -> dict[str, Any]:

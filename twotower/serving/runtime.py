@@ -8,7 +8,7 @@ from typing import Any
 from .. import artifacts as files
 from .. import plugins
 from ..contracts import Towers
-from ..errors import TwoTowerError, reason
+from ..errors import TwoTowerError, refused_as
 from ..recommendation import Recommender, saved_config
 
 
@@ -31,15 +31,9 @@ def load_towers(folder: Path, manifest: dict[str, Any], threads: int) -> Towers:
     """The towers of the format the manifest names. A bundle that format cannot load
     (its manifest names another format than wrote the files) is one clear error."""
     format = manifest["format"]
-    try:
+    names = f"bundle {folder} cannot be loaded as the {format!r} format its manifest.json names"
+    with refused_as(names):
         return plugins.formats().get(format)().load(folder, threads)
-    except TwoTowerError:
-        raise
-    except Exception as exc:  # each format's loader fails in its own words
-        raise TwoTowerError(
-            f"bundle {folder} cannot be loaded as the {format!r} format its manifest.json "
-            f"names ({reason(exc)})"
-        ) from None
 
 
 def check_graphs(folder: Path, manifest: dict[str, Any], towers: Towers) -> None:
