@@ -25,14 +25,18 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
+import pandas as pd
 import pytest
 from helpers import error_line, run
 from starlette.requests import Request
 
 from twotower import artifacts
 from twotower.bench.serve import stop
+from twotower.cli import main
+from twotower.export.bundle import export_bundle
 from twotower.server import Limits, loopback
 from twotower.serving import load_bundle
 from twotower.serving.live import manifest_version
@@ -232,6 +236,52 @@ def test_items(server, core):
         assert got.status_code == 200
         assert got.json() == core.items[row]
         assert set(got.json()) == {"item_id", "title", "genres"}
+
+
+ODD_IDS = ["a/b", "/lead", "trail/", "c d", "50%", "x?y=1", "e#f", "ü/ß"]
+
+
+@pytest.fixture(scope="module")
+def odd_bundle(tmp_path_factory) -> Path:
+    """A bundle fitted on ids that a URL path must escape: slashes, spaces, ``%?#``, non-ASCII."""
+    root = tmp_path_factory.mktemp("odd")
+    names = ODD_IDS + [f"n{n}" for n in range(12)]
+    rows = [
+        (names[u], names[(u * 5 + step * 7) % len(names)], 4 + step % 2, 1_000 * u + step)
+        for u in range(len(names))
+        for step in range(6)
+    ]
+    interactions = root / "interactions.csv"
+    pd.DataFrame(rows, columns=["user", "item", "rating", "timestamp"]).to_csv(
+        interactions, index=False
+    )
+    argv = ["fit", "--dataset", "files", "--interactions", interactions, "--epochs", "1"]
+    argv += ["--max-history-len", "8", "--artifacts-dir", root / "artifacts", "--no-progress"]
+    assert main([str(a) for a in argv]) == 0
+    folder, _ = export_bundle(root / "artifacts", root / "bundle")
+    return folder
+
+
+def test_ids_a_url_path_must_escape_are_served(odd_bundle, tmp_path):
+    core = load_bundle(odd_bundle)
+    assert set(ODD_IDS) <= set(core.user_ids) and set(ODD_IDS) <= set(core.item_ids)
+    with serving(odd_bundle, tmp_path / "serve.log") as server:
+        for user in core.user_ids:
+            got = server.client.get(f"/v1/users/{quote(user, safe='')}/recommendations?k=3")
+            assert got.status_code == 200, (user, got.text)
+            assert got.json() == {"user_id": user, "items": as_json(core.recommend(user, k=3))}
+        for row, item in enumerate(core.item_ids):
+            got = server.client.get(f"/v1/items/{quote(item, safe='')}")
+            assert (got.status_code, got.json()) == (200, core.items[row]), item
+        unknown = server.client.get(f"/v1/users/{quote('a/b/c', safe='')}/recommendations")
+        assert unknown.status_code == 404 and "'a/b/c'" in unknown.json()["detail"]
+        route = "/v1/users/{user_id}/recommendations"  # the template, whatever the id holds
+        text = server.client.get("/metrics").text
+        assert metric(text, "twotower_http_requests_total", route=route, status="200") == len(
+            core.user_ids
+        )
+        paths = server.client.get("/openapi.json").json()["paths"]
+        assert {route, "/v1/items/{item_id}"} <= set(paths)
 
 
 def test_health_readiness_docs(server, bundle, core):

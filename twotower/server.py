@@ -305,15 +305,18 @@ class Guard:
                 receive = replay(body, receive)
             await self.app(scope, receive, send_noting_status)
         finally:
-            route = getattr(scope.get("route"), "path", None) or route_path(self.routes, scope)
+            route = getattr(scope.get("route"), "path_format", None) or route_path(self.routes, scope)
             self.metrics.observe(scope["method"], route, status, time.perf_counter() - started)
 
 
 def route_path(routes: Sequence[BaseRoute], scope) -> str:
-    """The path template of the route ``scope`` asks for (path and method), or ``unmatched``."""
+    """The path template of the route ``scope`` asks for (path and method), or ``unmatched``.
+
+    The template as OpenAPI writes it: ``{user_id}``, not ``{user_id:path}``.
+    """
     for route in routes:
         if route.matches(scope)[0] is Match.FULL:
-            return getattr(route, "path", "unmatched")
+            return getattr(route, "path_format", "unmatched")
     return "unmatched"
 
 
@@ -356,7 +359,7 @@ class FastLane:
     stays for /docs, and for the methods this lane leaves alone).
     """
 
-    PATH = re.compile(r"/v1/users/([^/]+)/recommendations")
+    PATH = re.compile(r"/v1/users/(.*)/recommendations")  # as the route's `{user_id:path}`
 
     def __init__(self, app, route, respond):
         self.app, self.route, self.respond = app, route, respond
@@ -489,7 +492,7 @@ def create_app(
         return answer({"user_id": user_id, "items": items}, loaded)
 
     @app.get(
-        "/v1/users/{user_id}/recommendations",
+        "/v1/users/{user_id:path}/recommendations",
         response_model=UserRecommendations,
         responses=ERRORS,
         summary="top-k items for a known user",
@@ -526,7 +529,7 @@ def create_app(
         items = loaded.recommender.recommend_history(history, k, request.exclude_seen)
         return answer({"items": items}, loaded)
 
-    @app.get("/v1/items/{item_id}", response_model=Item, responses=ERRORS, summary="one item")
+    @app.get("/v1/items/{item_id:path}", response_model=Item, responses=ERRORS, summary="one item")
     async def item(item_id: str) -> Response:
         loaded = live.current
         known_items(loaded, [item_id])
