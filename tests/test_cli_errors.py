@@ -204,6 +204,17 @@ def test_unknown_user_id(capsys, artifacts_dir):
     assert out == ""
 
 
+@pytest.mark.parametrize("where", [["--artifacts-dir", "elsewhere"], ["--data-dir", "d"]])
+def test_recommend_takes_one_model_not_a_bundle_and_artifacts(capsys, tmp_path, where):
+    """``--bundle`` with a flag naming artifacts is refused, not one of them silently ignored."""
+    argv = ["recommend", "--bundle", tmp_path / "bundle", *where, "--user-id", "1"]
+    code, _, err = run(capsys, *argv)
+    assert (
+        only_error_line(code, err)
+        == f"error: --bundle and {where[0]} both say which model to ask: give one"
+    )
+
+
 @pytest.mark.parametrize("k", ["0", "-3"])
 def test_k_must_be_positive(capsys, artifacts_dir, k):
     argv = ["recommend", "--artifacts-dir", str(artifacts_dir), "--user-id", "1", "--k", k]

@@ -90,6 +90,11 @@ def quantization_choices() -> list[str] | None:
     return sorted({scheme for schemes in offered.values() for scheme in schemes})
 
 
+def flag(name: str) -> str:
+    """The command-line flag of setting ``name``: ``artifacts_dir`` is ``--artifacts-dir``."""
+    return "--" + name.replace("_", "-")
+
+
 def add_config_flags(
     parser: argparse.ArgumentParser,
     only: Sequence[str] | None = None,
@@ -108,7 +113,7 @@ def add_config_flags(
             continue
         help_text = field.metadata.get("help", "")
         kwargs: dict[str, Any] = {"dest": field.name, "default": argparse.SUPPRESS}
-        flags = ["--" + field.name.replace("_", "-")]
+        flags = [flag(field.name)]
         if field.name == "extra":
             flags = ["--set"]
             kwargs.update(action="append", type=parse_assignment, metavar="KEY=VALUE")
@@ -272,6 +277,11 @@ def cmd_recommend(args: argparse.Namespace) -> None:
     if args.bundle:
         from .serving import load_bundle
 
+        also = [flag(name) for name in ("artifacts_dir", "data_dir") if name in vars(args)]
+        if also:
+            raise TwoTowerError(
+                f"--bundle and {' and '.join(also)} both say which model to ask: give one"
+            )
         recommender = load_bundle(args.bundle, retriever)
     else:
         from .api import load
@@ -594,7 +604,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     )
     recommend.add_argument("--json", action="store_true", help="print JSON")
     recommend.add_argument(
-        "--bundle", type=Path, help="serve from an exported bundle (no PyTorch) instead"
+        "--bundle",
+        type=Path,
+        help="ask an exported bundle (no PyTorch) instead of --artifacts-dir",
     )
 
     export = command("export", cmd_export, "export both towers into a serving bundle")
