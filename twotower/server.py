@@ -305,7 +305,9 @@ class Guard:
                 receive = replay(body, receive)
             await self.app(scope, receive, send_noting_status)
         finally:
-            route = getattr(scope.get("route"), "path_format", None) or route_path(self.routes, scope)
+            route = getattr(scope.get("route"), "path_format", None) or route_path(
+                self.routes, scope
+            )
             self.metrics.observe(scope["method"], route, status, time.perf_counter() - started)
 
 
