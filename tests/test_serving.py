@@ -125,7 +125,7 @@ def test_both_entry_points_have_the_same_defaults(trained, bundle_dir, recommend
     bundle = load_bundle(bundle_dir)
     assert recommender.config.retriever == bundle.config.retriever == "exact"
     assert recommender.default_retriever == bundle.default_retriever == "exact"
-    assert type(recommender.retriever()) is type(bundle.retriever())
+    assert type(recommender.retriever().index) is type(bundle.retriever().index)
     for name in RETRIEVERS:
         assert load(trained, retriever=name).default_retriever == name
         assert load_bundle(bundle_dir, retriever=name).default_retriever == name

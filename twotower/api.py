@@ -25,7 +25,7 @@ from .data.split import Split, make_split
 from .errors import TwoTowerError
 from .evaluation import evaluate_model, evaluate_popularity
 from .progress import TrainingProgress, note
-from .recommendation import Recommender, prebuilt_indexes, saved_config
+from .recommendation import Recommender, prebuilt_indexes, save_indexes, saved_config
 from .towers.model import TwoTowerModel
 from .towers.runtime import ModelTowers
 from .train import train
@@ -157,8 +157,6 @@ def write_artifacts(folder, config, split, model, train_log, test, popularity) -
     )
     files.write_json(folder / files.CONFIG, config.to_dict())
     files.save_array(folder / files.ITEM_EMBEDDINGS, vectors)
-    for index in indexes:
-        index.save(folder)
     files.write_json(folder / files.MAPPINGS, {"users": split.user_ids, "items": split.item_ids})
     items = [
         {"item_id": item, "title": title, "genres": genres}
@@ -173,6 +171,7 @@ def write_artifacts(folder, config, split, model, train_log, test, popularity) -
     files.write_jsonl(folder / files.TRAIN_LOG, train_log)
     files.write_json(folder / files.TEST_METRICS, test)
     files.write_json(folder / files.BASELINE_METRICS, popularity)
+    save_indexes(indexes, folder)  # last: an index may add files, not change these
     extra = {"config": config.to_dict(), "data_sha256": split.fingerprint}
     files.write_manifest(folder, "artifacts", extra)
 

@@ -92,10 +92,13 @@ class Retriever(Protocol):
     ) -> tuple[np.ndarray, np.ndarray]:
         """``(ids[Q, k] int64, scores[Q, k] float32)``: rows of ``item_vectors``, best first,
         scores their inner products; never an excluded row (one collection per query); a
-        query gets ``k`` items while ``k`` are left, then id -1 with score -inf."""
+        query gets ``k`` items while ``k`` are left, then id -1 with score -inf. The core
+        refuses an answer of another shape or type, or with ids outside the catalog, and
+        probes the rest on a few queries when it opens the retriever."""
 
     def save(self, directory: Path) -> list[Path]:
-        """Write the index into ``directory`` under file names of its own; return them."""
+        """Write the index into ``directory`` under file names of its own; return them.
+        Fit and export refuse a save that changes a file already there."""
 
 
 @runtime_checkable

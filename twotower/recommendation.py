@@ -217,42 +217,169 @@ def saved_config(folder: Path) -> TwoTowerConfig:
 def open_retriever(
     name: str, folder: Path, item_vectors: np.ndarray, config: TwoTowerConfig
 ) -> Retriever:
-    """Retriever ``name``'s index saved in ``folder``, else one built with its options.
-
-    A saved index is probed before it is used: asked for the first item's own
-    vector, it must name an item and give that item's true score, so an index
-    that does not hold these vectors is refused instead of answering wrongly.
-    """
+    """Retriever ``name``'s index saved in ``folder``, else one built with its options;
+    probed (``probe``) before it answers anyone."""
     cls = plugins.retrievers().get(name)
     with refused_as(f"the {name} index in {folder} cannot be loaded"):
         try:
             index = cls.load(folder)
         except FileNotFoundError:
             index = None
+    saved = index is not None
     if index is None:
-        return cls.build(item_vectors, **plugins.component_options(config, name))
-    probe = item_vectors[:1]
-    rows, scores = index.search(probe, 1)
-    row = int(rows[0, 0])
-    if not 0 <= row < len(item_vectors) or not np.isclose(
-        scores[0, 0], item_vectors[row] @ probe[0], rtol=1e-3, atol=1e-4
-    ):
+        with refused_as(f"retriever {name!r} could not build its index"):
+            index = cls.build(item_vectors, **plugins.component_options(config, name))
+    index = CheckedRetriever(name, index, len(item_vectors))
+    problem = probe(index, item_vectors)
+    if problem and saved:
         raise TwoTowerError(
             f"the {name} index in {folder} does not hold the folder's item vectors "
-            f"({files.ITEM_EMBEDDINGS}): rebuild it with twotower export or fit"
+            f"({files.ITEM_EMBEDDINGS}) or does not search them as a retriever must "
+            f"({problem}): rebuild it with twotower export or fit"
         )
+    if problem:
+        raise TwoTowerError(f"retriever {name!r} broke the search contract: {problem}")
     return index
 
 
-def prebuilt_indexes(item_vectors: np.ndarray, config: TwoTowerConfig) -> list[Retriever]:
-    """An index for every retriever that asks to be built ahead (``prebuilt``), with its
-    options: fit and export save them with the folder, so loading never waits for a build."""
+class CheckedRetriever:
+    """A retriever whose answers are checked before the core ranks them.
+
+    Every answer must be well formed (``malformed``): arrays of the asked
+    shape holding catalog rows, so no plugin's answer becomes an IndexError
+    or another item. What costs more to check answer by answer (duplicates,
+    seen items, order, short lists) is checked once, by ``probe``, when the
+    retriever is opened. A failing search is one error naming the retriever.
+    """
+
+    def __init__(self, name: str, index: Retriever, catalog_size: int):
+        self.name, self.index, self.catalog_size = name, index, catalog_size
+
+    def search(
+        self, queries: np.ndarray, k: int, exclude: Sequence[Sequence[int]] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        with refused_as(f"retriever {self.name!r} failed to search"):
+            ids, scores = self.index.search(queries, k, exclude=exclude)
+        problem = malformed(ids, scores, len(queries), k, self.catalog_size)
+        if problem:
+            raise TwoTowerError(f"retriever {self.name!r} broke the search contract: {problem}")
+        return ids, scores
+
+
+PROBES = 8  # queries a retriever answers when it is opened
+
+
+def probe(index: CheckedRetriever, item_vectors: np.ndarray) -> str | None:
+    """What is wrong with ``index``'s answers to a few items' own vectors, or None.
+
+    Each probe excludes its exact top 3, so a retriever that ignores
+    ``exclude`` is caught; the first answer's score must be the inner
+    product of the item it names, so an index over other vectors is too.
+    """
+    queries = item_vectors[:PROBES]
+    k = min(10, len(item_vectors))
+    top = min(3, len(item_vectors) - 1)
+    exclude = [np.argpartition(-(item_vectors @ query), top)[:top] for query in queries]
+    ids, scores = index.search(queries, k, exclude=exclude)
+    problem = misranked(ids, scores, k, len(item_vectors), exclude)
+    row = int(ids[0, 0])
+    if problem is None and row >= 0:
+        truth = float(item_vectors[row] @ queries[0])
+        if not np.isclose(scores[0, 0], truth, rtol=1e-3, atol=1e-4):
+            problem = f"item row {row} scored {scores[0, 0]:.6g}, its inner product is {truth:.6g}"
+    return problem
+
+
+def malformed(ids: Any, scores: Any, queries: int, k: int, catalog_size: int) -> str | None:
+    """What makes a search answer unusable, or None: ``ids[queries, k]`` of an integer
+    type, each a catalog row or -1, and ``scores[queries, k]`` of a float type."""
+    if not isinstance(ids, np.ndarray) or not isinstance(scores, np.ndarray):
+        return f"expected two numpy arrays, got {type(ids).__name__}, {type(scores).__name__}"
+    if ids.shape != (queries, k) or scores.shape != (queries, k):
+        return f"expected ids and scores of shape {(queries, k)}, got {ids.shape}, {scores.shape}"
+    if ids.dtype.kind not in "iu" or scores.dtype.kind != "f":
+        return f"expected integer ids and float scores, got {ids.dtype}, {scores.dtype}"
+    if ids.size and (ids.min() < -1 or ids.max() >= catalog_size):
+        return f"an id outside the catalog's rows 0..{catalog_size - 1}: {ids.min()}..{ids.max()}"
+    return None
+
+
+def misranked(
+    ids: np.ndarray,
+    scores: np.ndarray,
+    k: int,
+    catalog_size: int,
+    exclude: Sequence[Sequence[int]],
+) -> str | None:
+    """What is wrong with a well-formed answer (``Retriever.search``), or None: a row at
+    most once a query and never an excluded one, best first, -1 only after the last
+    item, and ``k`` items while that many are not excluded."""
+    found = ids >= 0
+    if (found[:, 1:] > found[:, :-1]).any():
+        return "an item after a -1 (no item)"
+    ordered = np.sort(ids, axis=1)
+    if ((ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)).any():
+        return "an item twice in one query's answer"
+    if ((scores[:, 1:] > scores[:, :-1] + 1e-5) & found[:, 1:]).any():
+        return "scores not best first"
+    for row, rows in enumerate(exclude):
+        owed = min(k, catalog_size - len(np.unique(rows)))  # the items left for this query
+        if found[row].sum() < owed:
+            return f"{found[row].sum()} items for a query that has {owed}"
+        if np.isin(ids[row], rows).any():
+            return "an excluded (seen) item"
+    return None
+
+
+def prebuilt_indexes(item_vectors: np.ndarray, config: TwoTowerConfig) -> dict[str, Retriever]:
+    """An index for every retriever that asks to be built ahead (``prebuilt``), by name,
+    with its options: fit and export save them with the folder (``save_indexes``), so
+    loading never waits for a build."""
     registry = plugins.retrievers()
-    return [
-        registry.get(name).build(item_vectors, **plugins.component_options(config, name))
-        for name in registry.names()
-        if capability(registry.get(name), "prebuilt")
-    ]
+    indexes = {}
+    for name in registry.names():
+        if capability(registry.get(name), "prebuilt"):
+            with refused_as(f"retriever {name!r} could not build its index"):
+                options = plugins.component_options(config, name)
+                indexes[name] = registry.get(name).build(item_vectors, **options)
+    return indexes
+
+
+def save_indexes(indexes: dict[str, Retriever], folder: Path) -> None:
+    """Save each index into ``folder`` beside the files already there (the last to be
+    written, but for the manifest).
+
+    A retriever may add files of its own, inside the folder; it may not
+    replace or change one that is there (the item vectors, the model): the
+    manifest would then vouch for files that no longer match the fit.
+    """
+    folder = Path(folder)
+    for name, index in indexes.items():
+        before = {path.name: signature(path) for path in folder.iterdir()}
+        with refused_as(f"retriever {name!r} could not save its index"):
+            saved = index.save(folder)
+        for path in saved:
+            path = Path(path)
+            inside = path.parent.resolve() == folder.resolve() and path.is_file()
+            if not inside or path.name == files.MANIFEST:
+                raise TwoTowerError(
+                    f"retriever {name!r} saved {path}, which is not a file of its own in {folder}"
+                )
+        changed = sorted(n for n, sig in before.items() if signature(folder / n) != sig)
+        if changed:
+            raise TwoTowerError(
+                f"retriever {name!r} wrote over {', '.join(changed)} in {folder}: "
+                "an index may only add files of its own"
+            )
+
+
+def signature(path: Path) -> tuple[int, int, int] | None:
+    """What changes when a file is written or replaced: inode, size, modification time."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 def encode_histories(

@@ -20,7 +20,7 @@ from .. import artifacts as files
 from .. import plugins
 from ..contracts import Calibration, capability
 from ..errors import TwoTowerError
-from ..recommendation import Recommender, prebuilt_indexes, user_inputs
+from ..recommendation import Recommender, prebuilt_indexes, save_indexes, user_inputs
 from .parity import check_parity
 
 COPIED = (files.MAPPINGS, files.ITEMS, files.USER_HISTORIES, files.CONFIG)
@@ -95,8 +95,7 @@ def export_bundle(
         for name in COPIED:
             shutil.copy2(recommender.folder / name, folder / name)
         files.save_array(folder / files.ITEM_EMBEDDINGS, item_vectors)
-        for index in prebuilt_indexes(item_vectors, recommender.config):
-            index.save(folder)
+        save_indexes(prebuilt_indexes(item_vectors, recommender.config), folder)
         extra = {
             "source_model_sha256": files.sha256_of(recommender.folder / files.MODEL),
             "format": format,

@@ -45,7 +45,7 @@ def test_both_entry_points_build_faiss_with_the_fit_s_options(artifacts, tmp_pat
     bundle, _ = export_bundle(artifacts, tmp_path / "bundle", format="onnx")
     trained, served = load(artifacts, retriever="faiss"), load_bundle(bundle, retriever="faiss")
     for recommender in (trained, served):
-        assert recommender.retriever().options.index == "hnsw"
+        assert recommender.retriever().index.options.index == "hnsw"
         assert not list(recommender.folder.glob("faiss_*"))
     user = trained.user_ids[0]
     assert [r.item_id for r in served.recommend(user, k=5)] == [
