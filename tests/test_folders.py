@@ -72,6 +72,35 @@ def test_fit_refuses_a_folder_holding_files_it_did_not_write(capsys, tmp_path, f
     assert line.startswith(f"error: {artifacts_dir} holds files twotower did not write (notes.txt)")
 
 
+def test_a_folder_holding_another_program_s_manifest_is_not_replaced(capsys, tmp_path, folders):
+    """A ``manifest.json`` without twotower's ``kind`` (a web app's, say) is not format 1."""
+    artifacts_dir, _ = folders
+    webapp = tmp_path / "webapp"
+    webapp.mkdir()
+    (webapp / artifacts.MANIFEST).write_text('{"name": "My PWA", "start_url": "/"}')
+    argv = synthetic_fit(tmp_path / "data", "--artifacts-dir", str(webapp))
+    line = refused(capsys, tmp_path, *argv)
+    assert line.startswith(f"error: {webapp} is a folder of an unknown kind")
+    export = ["export", "--artifacts-dir", artifacts_dir, "--out", webapp]
+    assert refused(capsys, tmp_path, *export).startswith(f"error: {webapp} is a folder of an")
+
+
+@pytest.mark.parametrize("target", [".", "", "..", "sub/.."])
+def test_the_current_folder_or_one_holding_it_is_never_a_target(
+    capsys, tmp_path, folders, monkeypatch, target
+):
+    artifacts_dir, _ = folders
+    here = tmp_path / "here"
+    (here / "sub").mkdir(parents=True)
+    monkeypatch.chdir(here)
+    line = refused(capsys, tmp_path, "export", "--artifacts-dir", artifacts_dir, "--out", target)
+    assert line.endswith(
+        "is the current folder or holds it; name a folder of its own (for example ./out)"
+    )
+    argv = synthetic_fit(tmp_path / "data", "--artifacts-dir", target)
+    assert refused(capsys, tmp_path, *argv).endswith("(for example ./out)")
+
+
 def test_fit_refuses_to_write_over_its_own_data_file(capsys, tmp_path):
     data = tmp_path / "ratings.csv"
     data.write_text("user,item,timestamp\n1,1,1\n")

@@ -181,8 +181,17 @@ def read_manifest_json(path: Path) -> Any:
 
 
 def folder_kind(manifest: dict[str, Any]) -> Kind | None:
-    """The kind a manifest declares; manifests of format 1 artifacts had no ``kind``."""
-    tag = manifest.get("kind", KINDS["artifacts"].tag)
+    """The kind a manifest declares, or None for another program's ``manifest.json``.
+
+    Manifests of format 1 artifacts had no ``kind``; they, like every twotower
+    manifest, are told by an integer ``format_version`` and ``files`` checksums.
+    """
+    if "kind" not in manifest:
+        ours = isinstance(manifest.get("format_version"), int) and isinstance(
+            manifest.get("files"), dict
+        )
+        return KINDS["artifacts"] if ours else None
+    tag = manifest["kind"]
     return TAGS.get(tag) if isinstance(tag, str) else None
 
 
@@ -324,6 +333,12 @@ def staged_folder(
     is written through (``real_target``).
     """
     target = real_target(Path(target))
+    here = Path.cwd()
+    if Path(os.path.abspath(target)) in (here, *here.parents):  # ".", "", "..", "/"
+        raise TwoTowerError(
+            f"{target} is the current folder or holds it; name a folder of its own "
+            "(for example ./out)"
+        )
     check_target(target, KINDS[kind], reads)
     created = [p for p in (target.parent, *target.parent.parents) if not p.exists()]
     try:

@@ -115,7 +115,7 @@ class TwoTowerConfig:
 
     @property
     def resolved_artifacts_dir(self) -> Path:
-        if self.artifacts_dir:
+        if self.artifacts_dir is not None:  # "" names the current folder
             return Path(self.artifacts_dir)
         return Path(self.data_dir) / "artifacts"
 
