@@ -20,9 +20,9 @@ import torch
 from . import artifacts as files
 from . import distributed, plugins
 from .config import MACHINE_SETTINGS, TwoTowerConfig
-from .data.dataset import Dataset
+from .data.dataset import Dataset, check_dataset
 from .data.split import Split, make_split
-from .errors import TwoTowerError
+from .errors import TwoTowerError, refused_as
 from .evaluation import evaluate_model, evaluate_popularity
 from .progress import TrainingProgress, note
 from .recommendation import Recommender, prebuilt_indexes, save_indexes, saved_config
@@ -56,7 +56,12 @@ def check_device(device: str) -> None:
 
 
 def load_dataset(config: TwoTowerConfig) -> Dataset:
-    return plugins.datasets().get(config.dataset)(config)
+    """The dataset plugin's table, checked: a loader's failure or a table off the contract
+    is one line naming the dataset."""
+    loader = plugins.datasets().get(config.dataset)
+    with refused_as(f"dataset {config.dataset!r} could not be loaded"):
+        dataset = loader(config)
+    return check_dataset(dataset, config.dataset)
 
 
 def prepare(config: TwoTowerConfig) -> Split:

@@ -159,7 +159,9 @@ class DatasetLoader(Protocol):
     def __call__(self, config: TwoTowerConfig) -> Dataset:
         """``interactions``: ``user``, ``item`` (str), ``timestamp`` (int64 or float64; only
         its order is used), optional ``rating`` (float); ``items`` (optional): ``item``,
-        ``title`` (str), ``genres`` (list of str)."""
+        ``title`` (str), ``genres`` (list of str). The core casts other ids, numeric
+        timestamps and ratings as a file's, and refuses the rest in one line naming the
+        dataset, row and column; a loader's own exception is one line too."""
 
 
 # the hook that registers each kind: what it registers first, then what goes with it

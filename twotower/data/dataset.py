@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NoReturn
 
 import numpy as np
@@ -117,3 +117,78 @@ def _as_timestamp(values: pd.Series, source: str, row_offset: int) -> pd.Series:
     if (numbers % 1 == 0).all():
         return numbers.astype("int64")
     return numbers.astype("float64")
+
+
+def check_dataset(dataset: object, name: str) -> Dataset:
+    """What dataset plugin ``name`` returned, held to :class:`Dataset`'s contract.
+
+    Columns already in the canonical form pass as they are (a dtype test
+    each, so the built-in loaders pay next to nothing); others are cast as a
+    file's columns would be, and what cannot be is one line naming the
+    dataset, the row (its position) and the column.
+    """
+    source = f"dataset {name!r}"
+    if not isinstance(dataset, Dataset):
+        raise TwoTowerError(
+            f"{source} returned a {type(dataset).__name__}, not a twotower.data.dataset.Dataset"
+        )
+    interactions = _checked_frame(
+        dataset.interactions, INTERACTION_COLUMNS, f"{source} interactions"
+    )
+    if interactions.empty:
+        raise TwoTowerError(f"{source}: no interactions")
+    out = pd.DataFrame(
+        {column: _checked_id(interactions[column], column, source) for column in ("user", "item")}
+    )
+    out["timestamp"] = _as_timestamp(interactions["timestamp"], source, row_offset=0)
+    if "rating" in interactions.columns:
+        out["rating"] = to_number(interactions["rating"], "rating", source, 0).astype("float64")
+    items = dataset.items
+    if items is not None:
+        items = _checked_items(_checked_frame(items, ITEM_COLUMNS, f"{source} items"), source)
+    return replace(dataset, interactions=out.reset_index(drop=True), items=items)
+
+
+def _checked_frame(frame: object, columns: tuple[str, ...], what: str) -> pd.DataFrame:
+    if not isinstance(frame, pd.DataFrame):
+        raise TwoTowerError(f"{what} are a {type(frame).__name__}, not a pandas DataFrame")
+    missing = [column for column in columns if column not in frame.columns]
+    if missing:
+        raise TwoTowerError(f"{what} lack the column(s) {', '.join(missing)}")
+    return frame
+
+
+def _checked_id(values: pd.Series, column: str, source: str) -> pd.Series:
+    """String ids pass unchanged (a plugin's ids are its own, spaces and all) unless one is
+    missing or empty; other ids are cast as a file's are."""
+    if pd.api.types.is_string_dtype(values) and not values.isna().any():
+        empty = values == ""
+        if empty.any():
+            bad_row(source, first(empty), column, "blank id")
+        return values
+    return as_id(values, column, source, row_offset=0)
+
+
+def _checked_items(items: pd.DataFrame, source: str) -> pd.DataFrame:
+    """Items with str titles ("" where missing) and a list of str genres per item."""
+    titles = items["title"]
+    missing = titles.isna()
+    genres = []
+    for position, value in enumerate(items["genres"]):
+        if value is None:
+            value = []
+        if isinstance(value, str) or not isinstance(value, list | tuple | np.ndarray):
+            problem = f"{value!r} is a {type(value).__name__}, not a list of genre names"
+            bad_row(source + " items", position, "genres", problem)
+        if not all(isinstance(genre, str) for genre in value):
+            bad_row(
+                source + " items", position, "genres", f"{value!r} holds a name that is not a str"
+            )
+        genres.append(list(value))
+    return pd.DataFrame(
+        {
+            "item": _checked_id(items["item"], "item", source + " items").to_numpy(),
+            "title": titles.where(~missing, "").astype(str).to_numpy(),
+            "genres": genres,
+        }
+    )
