@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from helpers import Spare
 
 from twotower import plugins, testing
@@ -94,6 +95,17 @@ def test_check_loss_catches_a_loss_that_prefers_shuffled_pairs():
 def test_check_loss_catches_a_loss_without_user_gradients():
     with pytest.raises(AssertionError, match="gradient reaches the user vectors"):
         testing.check_loss(Detached)
+
+
+class NoGradient(InBatchSoftmax):
+    def __call__(self, user_vecs, item_vecs, temperature, batch):
+        with torch.no_grad():
+            return super().__call__(user_vecs, item_vecs, temperature, batch)
+
+
+def test_check_loss_names_a_loss_without_any_gradient_as_training_would():
+    with pytest.raises(AssertionError, match="'NoGradient' returned a value without gradients"):
+        testing.check_loss(NoGradient)
 
 
 class IgnoresExclusion(ExactRetriever):

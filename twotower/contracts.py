@@ -45,7 +45,8 @@ class UserEncoder(Protocol):
     def forward(self, user_ids: Tensor, history: Tensor, history_mask: Tensor) -> Tensor:
         """``user_ids[B]`` int64, ``history[B, L]`` int64, ``history_mask[B, L]`` bool ->
         ``[B, d]``, L2-normalised when ``config.normalize``. Histories are left-padded
-        (the most recent item last); a row of padding only (a cold user) stays finite."""
+        (the most recent item last); a row of padding only (a cold user) stays finite.
+        The core refuses vectors of another shape or dtype than the item tower's."""
 
 
 @runtime_checkable
@@ -56,7 +57,8 @@ class Loss(Protocol):
         self, user_vecs: Tensor, item_vecs: Tensor, temperature: Tensor, batch: TrainBatch
     ) -> Tensor:
         """Row ``i`` of ``user_vecs[B, d]`` and ``item_vecs[B, d]`` is a user and its positive
-        item -> a scalar. ``batch`` is a ``twotower.losses.TrainBatch``: ``target_items``,
+        item -> a float scalar tensor with gradients (the core refuses anything else).
+        ``batch`` is a ``twotower.losses.TrainBatch``: ``target_items``,
         ``user_ids``, ``history``, ``history_mask``, ``num_items``,
         ``encode_items(ids)`` to encode any other items with gradients, and
         ``seen(candidates)``, which candidates row ``i``'s user had before its target

@@ -81,6 +81,7 @@ def model_scorer(
             torch.as_tensor(ids, device=device),
             torch.as_tensor(mask, device=device),
         )
+        model.check_user_vectors(vectors, torch.Size([len(rows)]))
         return vectors @ catalog.T  # [rows, N]
 
     return score

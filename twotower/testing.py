@@ -39,6 +39,7 @@ from . import contracts, plugins
 from .config import TwoTowerConfig
 from .data.padding import pad_left
 from .data.split import Split, make_split
+from .errors import TwoTowerError
 from .hookspecs import hookimpl
 from .losses import TrainBatch
 from .metrics import overlap_at_k
@@ -282,6 +283,8 @@ def check_loss(loss: str | Callable, **config_changes: Any) -> None:
     """A loss gives a finite scalar with gradients (accidental hits included) and is
     lower when each user vector matches its target item than when they are shuffled.
     """
+    from .train import check_loss_value
+
     factory = plugins.losses().get(loss) if isinstance(loss, str) else loss
     what = f"loss {loss if isinstance(loss, str) else getattr(loss, '__name__', loss)!r}"
     num_items, dim, size = 50, 16, 8
@@ -319,8 +322,10 @@ def check_loss(loss: str | Callable, **config_changes: Any) -> None:
         with_hit[1] = with_hit[0]  # one item is the positive of two rows
         users = torch.randn(size, dim, requires_grad=True)
         value = run(F.normalize(users, dim=-1), with_hit)
-        assert isinstance(value, torch.Tensor), f"{what}: returned {type(value).__name__}"
-        assert value.dim() == 0, f"{what}: returned shape {tuple(value.shape)}, not a scalar"
+        try:
+            check_loss_value(value, what)  # what training refuses
+        except TwoTowerError as problem:
+            raise AssertionError(str(problem)) from None
         assert torch.isfinite(value), f"{what}: {value.item()} on a random batch"
         value.backward()
         for part, grad in (("user vectors", users.grad), ("item vectors", table.grad)):

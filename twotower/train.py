@@ -29,7 +29,7 @@ from . import distributed, plugins
 from .data.seen import EarlierItems
 from .data.split import Examples, Split, Windows, training_examples, training_windows
 from .distributed import SINGLE, Context
-from .errors import TwoTowerError
+from .errors import TwoTowerError, refused_as
 from .evaluation import evaluate_model
 from .losses import TrainBatch
 from .metrics import NonFiniteScores
@@ -124,17 +124,42 @@ def window_batches(
 
 
 def encode_batch(model: TwoTowerModel, mode: str, users, history, targets, device):
-    """User vectors and target items of one batch: one row per (history, target) pair."""
+    """User vectors and target items of one batch: one row per (history, target) pair.
+
+    The encoder's vectors are checked against the item tower's: a wrong shape
+    or dtype would otherwise fail deep in the loss, or not at all.
+    """
     user_ids = torch.as_tensor(users, device=device)
     history = torch.as_tensor(history, device=device)
     mask = history != 0
     targets = torch.as_tensor(targets, device=device)
     if mode == "prefix":
-        return user_ids, history, mask, model.encode_users(user_ids, history, mask), targets
+        vectors = model.encode_users(user_ids, history, mask)
+        model.check_user_vectors(vectors, user_ids.shape)
+        return user_ids, history, mask, vectors, targets
     vectors = model.user_tower.encode_sequence(user_ids, history, mask)  # [B, L, d]
+    model.check_user_vectors(vectors, history.shape, "encode_sequence")
     owned = targets != 0  # [B, L]
     rows = user_ids.unsqueeze(1).expand_as(targets)[owned]  # [M]
     return rows, history, mask, vectors[owned], targets[owned]  # [M, d], [M]
+
+
+def check_loss_value(loss: object, source: str) -> torch.Tensor:
+    """A loss plugin's value is a float scalar tensor that gradients flow back from
+    (``source`` names the loss in the error)."""
+    if not isinstance(loss, torch.Tensor):
+        raise TwoTowerError(f"{source} returned a {type(loss).__name__}, not a tensor")
+    if loss.dim() != 0 or not loss.is_floating_point():
+        raise TwoTowerError(
+            f"{source} returned a {loss.dtype} tensor of shape {list(loss.shape)}, "
+            "not a float scalar"
+        )
+    if not loss.requires_grad:
+        raise TwoTowerError(
+            f"{source} returned a value without gradients (detached, or computed under "
+            "torch.no_grad): training cannot step on it"
+        )
+    return loss
 
 
 class TrainStep(nn.Module):
@@ -147,10 +172,19 @@ class TrainStep(nn.Module):
     averaged gradients are those of the mean over every rank's rows.
     """
 
-    def __init__(self, model: TwoTowerModel, loss_fn, mode: str, earlier: EarlierItems, context):
+    def __init__(
+        self,
+        model: TwoTowerModel,
+        loss_fn,
+        mode: str,
+        earlier: EarlierItems,
+        context,
+        loss_name: str,
+    ):
         super().__init__()
         self.model = model
         self.loss_fn, self.mode, self.earlier, self.context = loss_fn, mode, earlier, context
+        self.loss_name = loss_name  # for errors about what the loss returns
 
     def forward(self, users, history, targets) -> torch.Tensor:
         model, device = self.model, self.model.log_temperature.device
@@ -169,6 +203,7 @@ class TrainStep(nn.Module):
             shards,
         )
         loss = self.loss_fn(user_vecs, model.encode_items(targets), model.temperature, batch)
+        loss = check_loss_value(loss, f"loss {self.loss_name!r}")
         return loss if shards is None else loss * shards.share
 
 
@@ -273,8 +308,12 @@ def start_training(config, split: Split, context: Context = SINGLE) -> Training:
         batches, examples = window_batches, int((data.targets != 0).sum())
         batch_size = config.sequence_batch_size
     # item counts come from the whole split, which every rank holds: logQ is global
-    loss_fn = plugins.losses().get(config.loss)(config, item_counts(split, split.num_items))
-    step = distributed.wrap(TrainStep(model, loss_fn, mode, split.earlier_items, context), context)
+    make_loss = plugins.losses().get(config.loss)
+    with refused_as(f"loss {config.loss!r} could not be made"):
+        loss_fn = make_loss(config, item_counts(split, split.num_items))
+    step = distributed.wrap(
+        TrainStep(model, loss_fn, mode, split.earlier_items, context, config.loss), context
+    )
     # the fused kernel updates every parameter in one call instead of a dozen per tensor
     fused = next(model.parameters()).device.type in ("cpu", "cuda")
     optimizer = torch.optim.AdamW(

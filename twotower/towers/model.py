@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import TwoTowerError, refused_as
 from .item import ItemEmbedding, ItemTower
 
 
@@ -35,7 +36,9 @@ class TwoTowerModel(nn.Module):
         self.item_tower = ItemTower(
             item_embedding, config.dropout, config.normalize, config.item_mlp
         )
-        self.user_tower = encoder_class(config, item_embedding, num_users)
+        with refused_as(f"user encoder {config.user_encoder!r} could not be built"):
+            self.user_tower = encoder_class(config, item_embedding, num_users)
+        self.encoder_name = config.user_encoder  # for errors about what the encoder returns
         initialise_embeddings(self, config.init_std)
         self.log_temperature = nn.Parameter(
             torch.tensor(math.log(config.temperature)), requires_grad=config.learn_temperature
@@ -46,6 +49,24 @@ class TwoTowerModel(nn.Module):
     def temperature(self) -> torch.Tensor:
         low, high = self.temperature_range
         return self.log_temperature.exp().clamp(low, high)
+
+    @property
+    def vector_dim(self) -> int:
+        """The width of every user and item vector."""
+        return self.item_tower.item_embedding.embedding_dim
+
+    def check_user_vectors(self, vectors: object, rows: torch.Size, method: str = "") -> None:
+        """The encoder's vectors are ``[*rows, d]`` in the model's dtype, as the item tower's
+        are: anything else would fail deep in a loss or a matrix product, or score wrong."""
+        shape, dtype = [*rows, self.vector_dim], self.log_temperature.dtype
+        if isinstance(vectors, torch.Tensor):
+            if list(vectors.shape) == shape and vectors.dtype == dtype:
+                return
+            got = f"a {vectors.dtype} tensor of shape {list(vectors.shape)}"
+        else:
+            got = f"a {type(vectors).__name__}"
+        source = f"user encoder {self.encoder_name!r}" + (f" ({method})" if method else "")
+        raise TwoTowerError(f"{source} returned {got}, not {dtype} vectors of shape {shape}")
 
     def encode_items(self, item_ids: torch.Tensor) -> torch.Tensor:
         return self.item_tower(item_ids)  # [N, d]
