@@ -105,7 +105,8 @@ class Retriever(Protocol):
 
 @runtime_checkable
 class Towers(Protocol):
-    """Both towers of a bundle, loaded by a format: numpy in, numpy out."""
+    """Both towers of a bundle, loaded by a format: numpy in, numpy out. The core
+    refuses vectors of another shape or dtype, naming the format."""
 
     def encode_users(
         self, user_ids: np.ndarray, history: np.ndarray, history_mask: np.ndarray
@@ -126,7 +127,8 @@ class Format(Protocol):
     """An export format and its runtime, registered as a class built with no arguments."""
 
     def export(self, model: TwoTowerModel, out_dir: Path) -> list[Path]:
-        """Write both towers of a trained model into ``out_dir``; return the files.
+        """Write both towers of a trained model into ``out_dir``; return the files (at
+        least one, all inside ``out_dir``, none named as the bundle's own files).
         ``twotower.export.towers.towers(model)`` gives the two graphs with positional
         inputs. ``twotower export`` then checks parity before anything is kept."""
 

@@ -266,6 +266,47 @@ class CheckedRetriever:
         return ids, scores
 
 
+class CheckedTowers:
+    """A format's towers whose vectors are checked before the core uses them.
+
+    Each call must give float32 ``[B, d]`` for its ``B`` users or items, so
+    a format's answer never becomes a wrong ranking or an error deep in
+    numpy; a failing call is one error naming the format.
+    """
+
+    def __init__(self, format: str, towers: Towers, dim: int):
+        self.format, self.towers, self.dim = format, towers, dim
+
+    def encode_users(
+        self, user_ids: np.ndarray, history: np.ndarray, history_mask: np.ndarray
+    ) -> np.ndarray:
+        with refused_as(f"format {self.format!r} failed to encode users"):
+            vectors = self.towers.encode_users(user_ids, history, history_mask)
+        return self.checked(vectors, len(user_ids), "user")
+
+    def encode_items(self, item_ids: np.ndarray) -> np.ndarray:
+        with refused_as(f"format {self.format!r} failed to encode items"):
+            vectors = self.towers.encode_items(item_ids)
+        return self.checked(vectors, len(item_ids), "item")
+
+    def graphs(self) -> dict[str, Any]:
+        with refused_as(f"format {self.format!r} could not describe its graphs"):
+            return self.towers.graphs()
+
+    def checked(self, vectors: Any, rows: int, tower: str) -> np.ndarray:
+        shape = (rows, self.dim)
+        if isinstance(vectors, np.ndarray):
+            if vectors.shape == shape and vectors.dtype == np.float32:
+                return vectors
+            got = f"a {vectors.dtype} array of shape {vectors.shape}"
+        else:
+            got = f"a {type(vectors).__name__}"
+        raise TwoTowerError(
+            f"format {self.format!r}: the {tower} tower returned {got}, "
+            f"not float32 vectors of shape {shape}"
+        )
+
+
 PROBES = 8  # queries a retriever answers when it is opened
 
 

@@ -10,6 +10,7 @@ PyTorch before anything is kept.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,14 @@ import numpy as np
 from .. import artifacts as files
 from .. import plugins
 from ..contracts import Calibration, capability
-from ..errors import TwoTowerError
-from ..recommendation import Recommender, prebuilt_indexes, save_indexes, user_inputs
+from ..errors import TwoTowerError, refused_as
+from ..recommendation import (
+    CheckedTowers,
+    Recommender,
+    prebuilt_indexes,
+    save_indexes,
+    user_inputs,
+)
 from .parity import check_parity
 
 COPIED = (files.MAPPINGS, files.ITEMS, files.USER_HISTORIES, files.CONFIG)
@@ -80,16 +87,23 @@ def export_bundle(
     """Export the towers of ``artifacts_dir`` into a bundle; return its folder and manifest."""
     from ..api import load
 
-    exporter = plugins.formats().get(format)()
+    make_exporter = plugins.formats().get(format)
+    with refused_as(f"format {format!r} could not be made"):
+        exporter = make_exporter()
     check_quantization(format, quantize)
     recommender = load(artifacts_dir)
     model = recommender.towers.model
     target = Path(out_dir) if out_dir else default_bundle_dir(recommender.config, format, quantize)
     with files.staged_folder(target, "bundle", reads=[recommender.folder]) as folder:
-        exporter.export(model, folder)
+        with refused_as(f"format {format!r} could not export the towers"):
+            written = exporter.export(model, folder)
+        check_written(format, written, folder)
         if quantize:
-            exporter.quantize(folder, quantize, calibration(recommender))
-        towers = exporter.load(folder)
+            inputs = calibration(recommender)
+            with refused_as(f"format {format!r} could not quantize the towers ({quantize})"):
+                exporter.quantize(folder, quantize, inputs)
+        with refused_as(f"format {format!r} could not load the towers it exported"):
+            towers = CheckedTowers(format, exporter.load(folder), model.vector_dim)
         item_vectors = towers.encode_items(np.arange(1, model.num_items + 1))
         parity = check_parity(recommender, towers, item_vectors, quantized=bool(quantize))
         for name in COPIED:
@@ -111,6 +125,22 @@ def export_bundle(
             extra["opset"] = exporter.opset
         manifest = files.write_manifest(folder, "bundle", extra)
     return target, manifest
+
+
+def check_written(format: str, written: Any, folder: Path) -> None:
+    """``export`` returns the files it wrote: at least one, each inside ``folder``, none under
+    a name the bundle keeps for its own files (copied in after the towers)."""
+    broke = f"format {format!r} broke the export contract: it"
+    listed = isinstance(written, list | tuple) and written
+    if not listed or not all(isinstance(p, str | os.PathLike) for p in written):
+        raise TwoTowerError(f"{broke} returned {written!r}, not the list of files it wrote")
+    root = Path(os.path.abspath(folder))
+    reserved = {root / name for name in (*COPIED, files.ITEM_EMBEDDINGS, files.MANIFEST)}
+    for path in (Path(os.path.abspath(p)) for p in written):  # as the format opened them
+        if not (path.is_relative_to(root) and path.is_file()):
+            raise TwoTowerError(f"{broke} returned {str(path)!r}, not a file in the bundle")
+        if path in reserved:
+            raise TwoTowerError(f"{broke} wrote {path.name}, a file the bundle keeps for its own")
 
 
 def calibration(recommender: Recommender) -> Calibration:

@@ -9,7 +9,7 @@ from .. import artifacts as files
 from .. import plugins
 from ..contracts import Towers
 from ..errors import TwoTowerError, refused_as
-from ..recommendation import Recommender, saved_config
+from ..recommendation import CheckedTowers, Recommender, saved_config
 
 
 def load_bundle(path: str | Path, retriever: str | None = None, threads: int = 1) -> Recommender:
@@ -33,7 +33,8 @@ def load_towers(folder: Path, manifest: dict[str, Any], threads: int) -> Towers:
     format = manifest["format"]
     names = f"bundle {folder} cannot be loaded as the {format!r} format its manifest.json names"
     with refused_as(names):
-        return plugins.formats().get(format)().load(folder, threads)
+        towers = plugins.formats().get(format)().load(folder, threads)
+    return CheckedTowers(format, towers, manifest["embedding_dim"])
 
 
 def check_graphs(folder: Path, manifest: dict[str, Any], towers: Towers) -> None:
