@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import inspect
 import re
+import sys
 import types
 from pathlib import Path
 
@@ -20,6 +21,8 @@ import pytest
 import torch
 
 from twotower import api, contracts, hookspecs, plugins, testing
+from twotower.errors import TwoTowerError
+from twotower.validation import validate
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = (REPO / "docs" / "plugins.md").read_text(encoding="utf-8")
@@ -113,6 +116,7 @@ def run_example(hook: str) -> tuple[str, object]:
     """
     source = next(code for code in CODE.findall(documented_hooks()[hook][1]) if "@hookimpl" in code)
     module = types.ModuleType(f"docs_example_{hook}")
+    sys.modules[module.__name__] = module  # as an installed plugin's module is (dataclasses)
     exec(compile(source, f"docs/plugins.md, {hook}", "exec"), module.__dict__)
     plugins.add_plugin(module, "docs-example")
     kind = next(kind for kind, (name, _) in plugins.KINDS.items() if name == hook)
@@ -128,6 +132,8 @@ def example():
     finally:
         if plugins.get_manager().pm.get_plugin("docs-example") is not None:
             plugins.remove_plugin("docs-example")
+        for name in [n for n in sys.modules if n.startswith("docs_example_")]:
+            del sys.modules[name]
 
 
 def test_user_encoder_example_runs(example):
@@ -139,8 +145,13 @@ def test_user_encoder_example_runs(example):
 
 
 def test_loss_example_keeps_the_contract(example):
-    name, _ = example("register_losses")
+    name, factory = example("register_losses")
     testing.check_loss(name)
+    config = validate(testing.tiny_config(loss=name, extra={"margin_softmax_margin": 0.3}))
+    assert factory(config, None).margin == 0.3
+    for wrong, says in (("margin_softmax_margin", ">= 0"), ("margin_softmax_m", "known")):
+        with pytest.raises(TwoTowerError, match=says):
+            validate(testing.tiny_config(loss=name, extra={wrong: -1.0}))
 
 
 def test_retriever_example_keeps_the_contract(example):

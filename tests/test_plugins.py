@@ -31,6 +31,7 @@ from twotower.hookspecs import hookimpl
 from twotower.losses import InBatchSoftmax
 from twotower.retrievers.exact import ExactRetriever
 from twotower.towers.mean import MeanEncoder
+from twotower.validation import validate
 
 
 def reset() -> None:
@@ -187,22 +188,24 @@ def test_two_plugins_registering_one_name_is_an_error_naming_both(runtime_plugin
         "retriever 'twin' is registered twice: by plugin 'first-plugin' and by 'second-plugin'"
     )
     with pytest.raises(TwoTowerError, match=re.escape(message)):
-        plugins.retrievers()
-    # `twotower plugins` still runs, shows both and names the problem; commands fail on it
+        plugins.retrievers().get("twin")
+    assert "twin" not in plugins.retrievers().names() and "exact" in plugins.retrievers()
+    # `twotower plugins` still runs, shows both and names the problem; commands using it fail
     listing = plugins_json(capsys)
     assert listing["problems"] == [message]
     assert {p["name"]: p["registered"] for p in listing["plugins"]} == {
         "first-plugin": {"retrievers": ["twin"]},
         "second-plugin": {"retrievers": ["twin"]},
     }
-    assert main(["fit", "--dataset", "synthetic", "--epochs", "1"]) == 1
+    assert main(["fit", "--dataset", "synthetic", "--epochs", "1", "--retriever", "twin"]) == 1
     assert message in capsys.readouterr().err
 
 
 def test_a_name_taken_from_a_built_in_names_the_built_in(runtime_plugin):
     runtime_plugin("shadow", "register_losses", lambda register: register("inbatch-softmax", 0))
     with pytest.raises(TwoTowerError, match=r"'twotower\.builtins\.losses' and by 'shadow'"):
-        plugins.losses()
+        plugins.losses().get("inbatch-softmax")
+    assert "logq-softmax" in plugins.losses()  # the other names keep working
 
 
 def test_a_misspelled_hook_is_caught_by_check_pending():
@@ -314,3 +317,30 @@ def test_register_datasets(runtime_plugin):
     assert config.dataset == "tiny"
     split = api.prepare(testing.tiny_config(dataset="tiny"))
     assert (split.num_users, split.num_items) == (3, 5)
+
+
+def test_a_name_that_is_not_a_string_fails_its_plugin_only(runtime_plugin):
+    runtime_plugin("numbered", "register_retrievers", lambda register: register(123, object))
+    with pytest.warns(UserWarning, match="registered 123: a name is a non-empty string"):
+        names = plugins.retrievers().names()
+    assert "exact" in names and 123 not in names
+    (info,) = [i for i in plugins.plugin_table()[0] if i.name == "numbered"]
+    assert "a name is a non-empty string" in info.error
+
+
+def test_a_component_without_an_option_schema_takes_no_options():
+    with pytest.raises(TwoTowerError) as refused:
+        validate(testing.tiny_config(extra={"transformer_depth": 3}))
+    assert str(refused.value) == (
+        "--set transformer_depth: user encoder 'transformer' takes no options "
+        "(a component lists the ones it reads in its option_schema)"
+    )
+
+
+def test_a_name_two_kinds_share_takes_no_options(runtime_plugin):
+    runtime_plugin(
+        "hnsw-data", "register_datasets", lambda register: register("hnsw", tiny_dataset)
+    )
+    validate(testing.tiny_config(hnsw_m=8))  # its own settings stay the retriever's
+    with pytest.raises(TwoTowerError, match="retriever 'hnsw' and dataset 'hnsw' share one name"):
+        validate(testing.tiny_config(extra={"hnsw_seed": 3}))

@@ -67,26 +67,18 @@ def parse_assignment(text: str) -> tuple[str, Any]:
         return key.replace("-", "_"), value
 
 
-def registry_choices(kind: str) -> list[str] | None:
-    """The names a flag accepts; None while two plugins claim one name.
-
-    The command that needs that registry then fails naming both plugins,
-    and ``twotower plugins`` still runs to show the problem.
-    """
-    try:
-        return plugins.registry(kind).names()
-    except TwoTowerError:
-        return None
+def registry_choices(kind: str) -> list[str]:
+    """The names a flag accepts: a name two plugins claim too, so that choosing it fails
+    with the line naming both (``Registry.get``) rather than as an unknown choice."""
+    registry = plugins.registry(kind)
+    return [*registry.names(), *registry.clashes]
 
 
-def quantization_choices() -> list[str] | None:
-    """The schemes some format offers for ``export --quantize``; None as ``registry_choices``."""
+def quantization_choices() -> list[str]:
+    """The schemes some format offers for ``export --quantize``."""
     from .export.bundle import offered_quantizations
 
-    try:
-        offered = offered_quantizations()
-    except TwoTowerError:
-        return None
+    offered = offered_quantizations()
     return sorted({scheme for schemes in offered.values() for scheme in schemes})
 
 
@@ -124,10 +116,8 @@ def add_config_flags(
         else:
             kwargs["type"] = field_type(hints[field.name])
             kwargs["metavar"] = field.name.upper()
-            names = None
             if field.name in REGISTRY_OF and getattr(parser, "reads_registries", True):
                 names = registry_choices(REGISTRY_OF[field.name])
-            if names is not None:
                 kwargs["choices"] = names
                 kwargs["metavar"] = "{" + ",".join(names) + "}"
         default = "the fit's own" if field.name in saved else getattr(defaults, field.name)

@@ -150,22 +150,31 @@ def remove_plugin(name: str) -> None:
 
 
 class Registry:
-    """Named components of one kind, each remembered with the plugin that registered it."""
+    """Named components of one kind, each remembered with the plugin that registered it.
+
+    A name two plugins register is a clash: it is neither plugin's, ``get``
+    of it raises one line naming both, and every other name keeps working.
+    """
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self.noun = KINDS[kind][1]
         self._entries: dict[str, tuple[Any, str]] = {}
+        self.clashes: dict[str, str] = {}  # name -> the error its use raises
 
     def add(self, name: str, component: Any, plugin: str) -> None:
-        if name in self._entries:
-            first = self._entries[name][1]
-            raise TwoTowerError(
+        if name in self.clashes:
+            self.clashes[name] += f" and by {plugin!r}"
+        elif name in self._entries:
+            first = self._entries.pop(name)[1]
+            self.clashes[name] = (
                 f"{self.noun} {name!r} is registered twice: by plugin {first!r} and by {plugin!r}"
             )
-        self._entries[name] = (component, plugin)
+        else:
+            self._entries[name] = (component, plugin)
 
     def names(self) -> list[str]:
+        """The names that can be used (a clash is not one)."""
         return list(self._entries)
 
     def plugin_of(self, name: str) -> str:
@@ -173,6 +182,8 @@ class Registry:
         return self._entries[name][1]
 
     def get(self, name: str) -> Any:
+        if name in self.clashes:
+            raise TwoTowerError(self.clashes[name])
         if name not in self._entries:
             available = ", ".join(self.names()) or "none"
             raise TwoTowerError(f"unknown {self.noun} {name!r}; available: {available}")
@@ -198,6 +209,11 @@ def registry(kind: str) -> Registry:
             impl.function(**{arg: arguments[arg] for arg in impl.argnames})
         except Exception as exc:  # a plugin whose hook raises is reported, not fatal
             _report_failure(manager.plugins, impl.plugin_name, f"{hook_name} raised {exc!r}")
+            continue
+        bad = [name for name, _ in collected if not (isinstance(name, str) and name.strip())]
+        if bad:
+            problem = f"{hook_name} registered {bad[0]!r}: a name is a non-empty string"
+            _report_failure(manager.plugins, impl.plugin_name, problem)
             continue
         found += [(name, component, impl.plugin_name) for name, component in collected]
         info = manager.plugins.get(impl.plugin_name)
@@ -229,13 +245,8 @@ def datasets() -> Registry:
 
 
 def plugin_table() -> tuple[list[PluginInfo], list[str]]:
-    """Every plugin with what it registers, and the registry errors (duplicate names)."""
-    problems = []
-    for kind in KINDS:
-        try:
-            registry(kind)
-        except TwoTowerError as exc:
-            problems.append(str(exc))
+    """Every plugin with what it registers, and the registries' clashes (a name twice)."""
+    problems = [message for kind in KINDS for message in registry(kind).clashes.values()]
     return list(get_manager().plugins.values()), problems
 
 

@@ -148,35 +148,58 @@ def prefix_of(name: str) -> str:
 
 
 def check_plugin_options(config: TwoTowerConfig) -> None:
-    """Every ``--set`` key belongs to a component, which checks all of its options.
+    """Every ``--set`` key belongs to one component, which checks all of its options.
 
     A key belongs to the component with the longest matching name, so
-    ``transformer_cls_x`` is an option of ``transformer-cls``, not of ``transformer``.
+    ``transformer_cls_x`` is an option of ``transformer-cls``, not of
+    ``transformer``. A component without an ``option_schema`` takes no
+    options, and a name that components of two kinds share takes none
+    either: the key could not say whose option it is.
     """
     core = {f.name for f in dataclasses.fields(TwoTowerConfig)}
-    prefixes = sorted({prefix_of(name) for _, name, _ in components()}, key=len, reverse=True)
+    owners: dict[str, list[tuple[str, str, Any]]] = {}
+    for kind, name, component in components():
+        owners.setdefault(prefix_of(name), []).append((kind, name, component))
+    prefixes = sorted(owners, key=len, reverse=True)
 
     def owner(key: str) -> str | None:
         return next((prefix for prefix in prefixes if key.startswith(prefix)), None)
+
+    def noun(kind: str, name: str) -> str:
+        return f"{plugins.KINDS[kind][1]} {name!r}"
 
     for key in config.extra:
         if key in core:
             raise TwoTowerError(
                 f"--set {key}: {key} is a run setting of its own; use --{key.replace('_', '-')}"
             )
-        if owner(key) is None:
+        prefix = owner(key)
+        if prefix is None:
             raise TwoTowerError(
                 f"unknown plugin option {key!r}: a plugin option starts with the name of the "
                 f"component that reads it ({', '.join(sorted(prefixes))})"
             )
-    for kind, name, component in components():
+        claimants = owners[prefix]
+        if len(claimants) > 1:
+            both = " and ".join(noun(kind, name) for kind, name, _ in claimants)
+            raise TwoTowerError(
+                f"--set {key}: {both} share one name, so the option could be either's; "
+                "rename one of them"
+            )
+        kind, name, component = claimants[0]
+        if not dataclasses.is_dataclass(capability(component, "option_schema")):
+            raise TwoTowerError(
+                f"--set {key}: {noun(kind, name)} takes no options "
+                "(a component lists the ones it reads in its option_schema)"
+            )
+    for prefix, claimants in owners.items():
+        (kind, name, component), *others = claimants
         schema = capability(component, "option_schema")
-        if dataclasses.is_dataclass(schema):
-            prefix = prefix_of(name)
+        if not others and dataclasses.is_dataclass(schema):
             options = plugins.component_options(config, name)
             check(
                 schema,
                 {key: value for key, value in options.items() if owner(prefix + key) == prefix},
                 spell=lambda field, prefix=prefix: prefix + field,
-                owner=f"{plugins.KINDS[kind][1]} {name!r}",
+                owner=noun(kind, name),
             )
