@@ -128,12 +128,36 @@ class NoFiles(ExactRetriever):
         return cls(np.load(path) if path.is_file() else np.zeros((0, 16), dtype=np.float32))
 
 
+class Clipping(ExactRetriever):
+    """Answers at most one row per item instead of filling ``k`` past the catalog."""
+
+    def search(self, queries, k, exclude=None):
+        return super().search(queries, min(k, len(self.vectors)), exclude)
+
+
+class ZeroFilled(ExactRetriever):
+    """Fills the rows past the last item with score 0 instead of -inf."""
+
+    def search(self, queries, k, exclude=None):
+        ids, scores = super().search(queries, k, exclude)
+        return ids, np.where(ids == -1, np.float32(0), scores)
+
+
+class OverwritesConfig(ExactRetriever):
+    def save(self, directory):
+        (Path(directory) / "config.json").write_text('{"mine": true}')
+        return [*super().save(directory), Path(directory) / "config.json"]
+
+
 @pytest.mark.parametrize(
     ("retriever", "message"),
     [
         (IgnoresExclusion, "excluded items"),
         (WorstFirst, "not best first"),
         (NoFiles, "must raise"),
+        (Clipping, r"past the catalog of 500, gave shape \(2, 500\)"),
+        (ZeroFilled, "an id -1 scores -inf, and only an id -1"),
+        (OverwritesConfig, "wrote over config.json"),
     ],
 )
 def test_check_retriever_catches_broken_search(retriever, message):

@@ -388,30 +388,38 @@ def prebuilt_indexes(item_vectors: np.ndarray, config: TwoTowerConfig) -> dict[s
 
 def save_indexes(indexes: dict[str, Retriever], folder: Path) -> None:
     """Save each index into ``folder`` beside the files already there (the last to be
-    written, but for the manifest).
+    written, but for the manifest)."""
+    for name, index in indexes.items():
+        save_index(name, index, Path(folder))
+
+
+def save_index(name: str, index: Retriever, folder: Path) -> list[Path]:
+    """Save retriever ``name``'s index into ``folder``; return the files it wrote.
 
     A retriever may add files of its own, inside the folder; it may not
     replace or change one that is there (the item vectors, the model): the
     manifest would then vouch for files that no longer match the fit.
     """
-    folder = Path(folder)
-    for name, index in indexes.items():
-        before = {path.name: signature(path) for path in folder.iterdir()}
-        with refused_as(f"retriever {name!r} could not save its index"):
-            saved = index.save(folder)
-        for path in saved:
-            path = Path(path)
-            inside = path.parent.resolve() == folder.resolve() and path.is_file()
-            if not inside or path.name == files.MANIFEST:
-                raise TwoTowerError(
-                    f"retriever {name!r} saved {path}, which is not a file of its own in {folder}"
-                )
-        changed = sorted(n for n, sig in before.items() if signature(folder / n) != sig)
-        if changed:
+    before = {path.name: signature(path) for path in folder.iterdir()}
+    with refused_as(f"retriever {name!r} could not save its index"):
+        saved = index.save(folder)
+    if not isinstance(saved, list | tuple):
+        raise TwoTowerError(
+            f"retriever {name!r} saved its index but returned {saved!r}, not its files"
+        )
+    for path in map(Path, saved):
+        inside = path.parent.resolve() == folder.resolve() and path.is_file()
+        if not inside or path.name == files.MANIFEST:
             raise TwoTowerError(
-                f"retriever {name!r} wrote over {', '.join(changed)} in {folder}: "
-                "an index may only add files of its own"
+                f"retriever {name!r} saved {path}, which is not a file of its own in {folder}"
             )
+    changed = sorted(n for n, sig in before.items() if signature(folder / n) != sig)
+    if changed:
+        raise TwoTowerError(
+            f"retriever {name!r} wrote over {', '.join(changed)} in {folder}: "
+            "an index may only add files of its own"
+        )
+    return [Path(path) for path in saved]
 
 
 def signature(path: Path) -> tuple[int, int, int] | None:

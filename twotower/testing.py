@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from . import contracts, plugins
+from .artifacts import CONFIG, ITEM_EMBEDDINGS, ITEMS, MANIFEST, MAPPINGS, USER_HISTORIES
 from .config import TwoTowerConfig
 from .data.padding import pad_left
 from .data.split import Split, make_split
@@ -43,6 +44,7 @@ from .errors import TwoTowerError
 from .hookspecs import hookimpl
 from .losses import TrainBatch
 from .metrics import overlap_at_k
+from .recommendation import save_index
 from .towers.model import TwoTowerModel
 from .towers.runtime import ModelTowers
 
@@ -354,13 +356,15 @@ def unit_vectors(rng: np.random.Generator, rows: int, dim: int) -> np.ndarray:
 def check_retriever(retriever: str | type, **params: Any) -> None:
     """A retriever returns ``k`` ids best first with their inner products, finds at
     least 90% of exact search's top 10, never returns an excluded item, returns all
-    ``k`` while ``k`` items are left and -1 past them, survives save/load unchanged,
-    and raises FileNotFoundError when its files are absent. ``params`` go to ``build``.
+    ``k`` while ``k`` items are left and id -1 with score -inf past them, saves beside
+    twotower's files without changing them, survives save/load unchanged, and raises
+    FileNotFoundError when its files are absent. ``params`` go to ``build``.
     """
     from .retrievers.exact import ExactRetriever
 
     cls = plugins.retrievers().get(retriever) if isinstance(retriever, str) else retriever
-    what = f"retriever {retriever if isinstance(retriever, str) else cls.__name__!r}"
+    name = retriever if isinstance(retriever, str) else cls.__name__
+    what = f"retriever {name!r}"
     conforms(what, cls, contracts.Retriever)
     rng = np.random.default_rng(0)
     items, queries, k = unit_vectors(rng, 500, 16), unit_vectors(rng, 20, 16), 10
@@ -389,13 +393,22 @@ def check_retriever(retriever: str | type, **params: Any) -> None:
             f"{what}: with {left} items not excluded, returned {ids.tolist()}, "
             f"expected {expected.tolist()} (-1 past the last item)"
         )
-    ids, _ = index.search(queries[:2], len(items) + 5)
-    assert (ids[:, len(items) :] == -1).all(), f"{what}: k beyond the catalog is not -1 filled"
+        assert (np.isneginf(scores) == (ids == -1)).all(), (
+            f"{what}: scores {scores.tolist()}: an id -1 scores -inf, and only an id -1"
+        )
+    beyond = len(items) + 5
+    ids, scores = index.search(queries[:2], beyond)
+    assert ids.shape == scores.shape == (2, beyond), (
+        f"{what}: k = {beyond}, past the catalog of {len(items)}, gave shape {ids.shape}; "
+        f"expected {(2, beyond)}, -1 filled"
+    )
+    past = (ids[:, len(items) :] == -1).all() and np.isneginf(scores[:, len(items) :]).all()
+    assert past, f"{what}: k beyond the catalog is not filled with id -1, score -inf"
     assert (np.sort(ids[:, : len(items)], axis=1) == np.arange(len(items))).all(), (
         f"{what}: k = catalog size does not return every item once"
     )
 
-    check_save_load(what, cls, index, queries, exclude)
+    check_save_load(what, name, cls, index, queries, exclude)
     if isinstance(retriever, str):
         check_torch_free(what, cls.__module__)
 
@@ -416,12 +429,17 @@ def assert_search_result(what, ids, scores, items, queries, k) -> None:
     assert (np.diff(scores, axis=1) <= 1e-6).all(), f"{what}: results are not best first"
 
 
-def check_save_load(what, cls, index, queries, exclude) -> None:
+def check_save_load(what, name, cls, index, queries, exclude) -> None:
+    """Save into a folder holding twotower's own files, as ``fit`` does: they stay as they
+    were, the index's files are its own, and what loads answers as the index did."""
     with tempfile.TemporaryDirectory() as folder:
-        written = index.save(Path(folder))
-        assert written and all(Path(p).is_file() for p in written), (
-            f"{what}: save() must return the files it wrote, got {written}"
-        )
+        for own in (MANIFEST, CONFIG, ITEM_EMBEDDINGS, MAPPINGS, ITEMS, USER_HISTORIES):
+            (Path(folder) / own).write_text("{}")
+        try:
+            written = save_index(name, index, Path(folder))
+        except TwoTowerError as problem:
+            raise AssertionError(str(problem)) from None
+        assert written, f"{what}: save() must return the files it wrote, got {written}"
         loaded = cls.load(Path(folder))
         for excluded in (None, exclude):
             before, after = (
