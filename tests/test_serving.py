@@ -275,6 +275,25 @@ def test_bad_requests(bundles, users, retriever):
             bundle.recommend_history([bundle.item_ids[0]], k=k)
         with pytest.raises(TwoTowerError, match="k must be a positive integer"):
             bundle.recommend_batch(users[:2], k=k)
+    for flag in ("no", 0, None):
+        with pytest.raises(
+            TwoTowerError, match=f"exclude_seen must be True or False, not {flag!r}"
+        ):
+            bundle.recommend(users[0], exclude_seen=flag)
+
+
+@pytest.mark.parametrize("threads", [0, -1, None, 1.5, True])
+def test_a_thread_count_below_one_or_not_whole_is_refused(
+    exported_bundle, fitted_artifacts, threads
+):
+    for load_folder in (
+        lambda: load_bundle(exported_bundle, threads=threads),
+        lambda: load(fitted_artifacts, threads=threads),
+    ):
+        with pytest.raises(
+            TwoTowerError, match=f"threads must be a whole number >= 1, not {threads!r}"
+        ):
+            load_folder()
 
 
 @pytest.mark.parametrize("retriever", RETRIEVERS)

@@ -25,7 +25,13 @@ from .data.split import Split, make_split
 from .errors import TwoTowerError, refused_as
 from .evaluation import evaluate_model, evaluate_popularity
 from .progress import TrainingProgress, note
-from .recommendation import Recommender, prebuilt_indexes, save_indexes, saved_config
+from .recommendation import (
+    Recommender,
+    check_threads,
+    prebuilt_indexes,
+    save_indexes,
+    saved_config,
+)
 from .towers.model import TwoTowerModel
 from .towers.runtime import ModelTowers
 from .train import train
@@ -207,6 +213,7 @@ def load(artifacts_dir: str | Path, retriever: str | None = None, threads: int =
     ``threads`` threads; ``recommender.towers.model`` is the ``TwoTowerModel``.
     """
     folder = Path(artifacts_dir)
+    threads = check_threads(threads)
     manifest = files.read_manifest(folder)
     config = saved_config(folder)
     towers = ModelTowers(load_model(folder, config), threads)

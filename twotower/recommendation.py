@@ -175,6 +175,8 @@ class Recommender:
     def ranked_lists(self, users, histories, k, exclude_seen, retriever):
         """One list of recommendations per query; none for no queries."""
         k = check_k(k, len(self.item_ids))
+        if not isinstance(exclude_seen, bool | np.bool_):  # "no" would be taken as true
+            raise TwoTowerError(f"exclude_seen must be True or False, not {exclude_seen!r}")
         if not users:
             return []
         ids, scores = self.search(users, histories, k, exclude_seen, retriever)
@@ -475,6 +477,14 @@ def check_k(k: int, catalog_size: int) -> int:
     if not isinstance(k, numbers.Integral) or isinstance(k, bool) or k <= 0:
         raise TwoTowerError(f"k must be a positive integer, not {k!r}")
     return min(int(k), catalog_size)
+
+
+def check_threads(threads: Any) -> int:
+    """A thread count is a whole number >= 1: runtimes read 0 or None each their own way
+    (onnxruntime: every core; torch: unchanged or an error), so neither is passed on."""
+    if not isinstance(threads, numbers.Integral) or isinstance(threads, bool) or threads < 1:
+        raise TwoTowerError(f"threads must be a whole number >= 1, not {threads!r}")
+    return int(threads)
 
 
 def id_list(ids: Any, what: str) -> list[str]:

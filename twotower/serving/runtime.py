@@ -9,7 +9,7 @@ from .. import artifacts as files
 from .. import plugins
 from ..contracts import Towers
 from ..errors import TwoTowerError, refused_as
-from ..recommendation import CheckedTowers, Recommender, saved_config
+from ..recommendation import CheckedTowers, Recommender, check_threads, saved_config
 
 
 def load_bundle(path: str | Path, retriever: str | None = None, threads: int = 1) -> Recommender:
@@ -21,6 +21,7 @@ def load_bundle(path: str | Path, retriever: str | None = None, threads: int = 1
     the onnx format and the built-in retrievers).
     """
     folder = Path(path)
+    threads = check_threads(threads)
     manifest = files.read_manifest(folder, "bundle")
     towers = load_towers(folder, manifest, threads)
     check_graphs(folder, manifest, towers)
