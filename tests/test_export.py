@@ -9,6 +9,7 @@ and each bundle is exported once for the module; everything runs for real
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from pathlib import Path
 
@@ -250,6 +251,19 @@ def test_onnx_manifest(workspace):
     assert set(parity["test_recall@10"]) == {"torch", "bundle", "delta"}
     for name, digest in manifest["files"].items():
         assert artifacts.sha256_of(folder / name) == digest, name
+
+
+def test_the_bundle_files_are_as_exports_readme_lists_them(workspace):
+    folder, manifest = workspace.bundle(ONNX_ENCODER, "onnx")
+    readme = (Path(__file__).parents[1] / "exports" / "README.md").read_text()
+    rows = {
+        name: what
+        for files, what in re.findall(r"^\| (`.*?`) \| (.*) \|$", readme, flags=re.MULTILINE)
+        for name in re.findall(r"`([\w.]+)`", files)
+    }
+    assert set(manifest["files"]) <= set(rows)
+    keys = set(re.findall(r'"(\w+)"', rows["hnsw_index.json"].split("`:")[0]))
+    assert keys == set(json.loads((folder / "hnsw_index.json").read_text()))
 
 
 def test_onnx_graphs_check_and_take_positional_tensors(workspace):
