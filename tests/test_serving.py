@@ -353,6 +353,10 @@ def test_cli_recommend_bundle_table(capsys, bundle_dir, users):
     code, out, err = run(capsys, "recommend", "--bundle", bundle_dir, "--user-id", users[0])
     assert code == 0, err
     assert f"top 10 for user {users[0]}" in out
+    argv = ["recommend", "--bundle", bundle_dir, "--user-id", users[0], "--k", "100000"]
+    code, out, err = run(capsys, *argv)
+    unseen = len(load_bundle(bundle_dir).recommend(users[0], k=100000))
+    assert code == 0 and f"top {unseen} for user {users[0]}" in out and unseen < 100000
     code, _, err = run(capsys, "recommend", "--bundle", bundle_dir, "--user-id", "nobody")
     assert code == 1 and err.startswith("error: unknown user id 'nobody'")
 

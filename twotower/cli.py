@@ -283,7 +283,7 @@ def cmd_recommend(args: argparse.Namespace) -> None:
         print_json(output)
     else:
         console.print(
-            recommendations_table(f"top {args.k} for user {args.user_id}", output["items"])
+            recommendations_table(f"top {len(items)} for user {args.user_id}", output["items"])
         )
 
 
@@ -596,7 +596,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     recommend.add_argument(
         "--bundle",
         type=Path,
-        help="ask an exported bundle (no PyTorch) instead of --artifacts-dir",
+        help="ask an exported bundle (no PyTorch) instead of the artifacts; a --config "
+        "file's artifacts_dir and data_dir then go unread",
     )
 
     export = command("export", cmd_export, "export both towers into a serving bundle")
