@@ -2,20 +2,40 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
+import types
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from twotower import TwoTowerConfig
+from twotower import TwoTowerConfig, plugins
 from twotower.cli import main
+from twotower.hookspecs import hookimpl
 from twotower.towers.mean import MeanEncoder
 
 TINY = {"synthetic_num_users": 60, "synthetic_num_items": 40}
+
+
+@contextlib.contextmanager
+def registering(hook: str, components: Mapping[str, Any], plugin: str) -> Iterator[None]:
+    """A throw-away plugin ``plugin`` whose ``hook`` registers ``components`` (name ->
+    component) while the block runs."""
+
+    def register_all(register):
+        for name, component in components.items():
+            register(name, component)
+
+    plugins.add_plugin(types.SimpleNamespace(**{hook: hookimpl(register_all)}), plugin)
+    try:
+        yield
+    finally:
+        plugins.remove_plugin(plugin)
 
 
 def write_interactions(path: Path, users: int = 30, items: int = 12) -> Path:

@@ -3,18 +3,16 @@ one line naming the dataset, the row and the column, never a traceback or a sile
 
 from __future__ import annotations
 
-import types
 from collections.abc import Callable, Iterator
 
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import error_line, run
+from helpers import error_line, registering, run
 
-from twotower import api, plugins, testing
+from twotower import api, testing
 from twotower.data.dataset import Dataset
 from twotower.errors import TwoTowerError
-from twotower.hookspecs import hookimpl
 
 ROWS = [(str(u), f"item{(u + t) % 5}", 100 * u + t) for u in range(3) for t in range(4)]
 ITEMS = pd.DataFrame(
@@ -84,18 +82,11 @@ BROKEN: dict[str, tuple[Callable[[], object], str]] = {
 
 @pytest.fixture()
 def registered() -> Iterator[None]:
-    def register_datasets(register):
-        for name, (make, _) in BROKEN.items():
-            register(name, lambda config, make=make: make())
-        register("loose", lambda config: loose_but_valid())
-
-    plugins.add_plugin(
-        types.SimpleNamespace(register_datasets=hookimpl(register_datasets)), "datasets"
-    )
-    try:
+    loaders = {name: lambda config, make=make: make() for name, (make, _) in BROKEN.items()}
+    loaders["loose"] = lambda config: loose_but_valid()
+    loaders["canonical"] = lambda config: Dataset("c", interactions(), ITEMS)
+    with registering("register_datasets", loaders, "datasets"):
         yield
-    finally:
-        plugins.remove_plugin("datasets")
 
 
 @pytest.mark.parametrize("name", BROKEN)
@@ -116,20 +107,7 @@ def loose_but_valid() -> Dataset:
 
 
 def test_a_loose_but_castable_table_splits_like_the_canonical_one(registered):
-    plugins.add_plugin(
-        types.SimpleNamespace(
-            register_datasets=hookimpl(
-                lambda register: register(
-                    "canonical", lambda c: Dataset("c", interactions(), ITEMS)
-                )
-            )
-        ),
-        "canonical",
-    )
-    try:
-        canonical = api.prepare(testing.tiny_config(dataset="canonical"))
-    finally:
-        plugins.remove_plugin("canonical")
+    canonical = api.prepare(testing.tiny_config(dataset="canonical"))
     loose = api.prepare(testing.tiny_config(dataset="loose"))
     assert loose.user_ids == canonical.user_ids and loose.item_ids == canonical.item_ids
     assert all(

@@ -4,18 +4,16 @@ one the bundle keeps for itself, or towers answering in another shape or type.""
 
 from __future__ import annotations
 
-import types
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import registering
 
-from twotower import plugins
 from twotower.errors import TwoTowerError
 from twotower.export.bundle import export_bundle
 from twotower.export.torchscript import TorchScriptFormat
-from twotower.hookspecs import hookimpl
 
 
 class ExportRaises(TorchScriptFormat):
@@ -76,17 +74,9 @@ BROKEN = {
 
 @pytest.fixture(scope="module")
 def registered() -> Iterator[None]:
-    def register_formats(register):
-        for name, (cls, _) in BROKEN.items():
-            register(name, cls)
-
-    plugins.add_plugin(
-        types.SimpleNamespace(register_formats=hookimpl(register_formats)), "broken-formats"
-    )
-    try:
+    broken = {name: cls for name, (cls, _) in BROKEN.items()}
+    with registering("register_formats", broken, "broken-formats"):
         yield
-    finally:
-        plugins.remove_plugin("broken-formats")
 
 
 @pytest.mark.parametrize("name", BROKEN)

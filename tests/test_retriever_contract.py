@@ -8,18 +8,16 @@ rank duplicates, seen items or ids outside the catalog.
 from __future__ import annotations
 
 import shutil
-import types
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import error_line, run, synthetic_fit
+from helpers import error_line, registering, run, synthetic_fit
 
 import twotower
-from twotower import artifacts, plugins
+from twotower import artifacts
 from twotower.errors import TwoTowerError
-from twotower.hookspecs import hookimpl
 from twotower.retrievers.exact import ExactRetriever
 
 
@@ -104,17 +102,8 @@ BROKEN = {
 
 @pytest.fixture()
 def registered() -> Iterator[None]:
-    def register_retrievers(register):
-        for name, (cls, _) in BROKEN.items():
-            register(name, cls)
-
-    plugins.add_plugin(
-        types.SimpleNamespace(register_retrievers=hookimpl(register_retrievers)), "broken"
-    )
-    try:
+    with registering("register_retrievers", {n: cls for n, (cls, _) in BROKEN.items()}, "broken"):
         yield
-    finally:
-        plugins.remove_plugin("broken")
 
 
 @pytest.fixture()
@@ -160,16 +149,8 @@ def test_a_retriever_keeping_its_contract_answers_every_query(folder):
 def test_an_index_that_writes_over_the_folder_or_outside_it_is_refused(
     capsys, tmp_path, cls, message
 ):
-    def register_retrievers(register):
-        register("rogue", cls)
-
-    plugins.add_plugin(
-        types.SimpleNamespace(register_retrievers=hookimpl(register_retrievers)), "rogue"
-    )
-    try:
+    with registering("register_retrievers", {"rogue": cls}, "rogue"):
         code, _, err = run(capsys, *synthetic_fit(tmp_path / "data"))
-    finally:
-        plugins.remove_plugin("rogue")
     line = error_line(code, err)
     assert line.startswith("error: retriever 'rogue' ") and message in line
     assert not (tmp_path / "data" / "artifacts").exists()

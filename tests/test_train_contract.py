@@ -3,15 +3,14 @@ training with one line naming it and what it returned, instead of failing deep i
 
 from __future__ import annotations
 
-import types
 from collections.abc import Iterator
 
 import pytest
 import torch
+from helpers import registering
 
-from twotower import plugins, testing
+from twotower import testing
 from twotower.errors import TwoTowerError
-from twotower.hookspecs import hookimpl
 from twotower.losses import InBatchSoftmax
 from twotower.towers.mean import MeanEncoder
 from twotower.towers.transformer import TransformerEncoder
@@ -83,23 +82,13 @@ LOSSES = {
 
 @pytest.fixture(scope="module")
 def registered() -> Iterator[None]:
-    def register_user_encoders(register):
-        for name, (cls, _, _) in ENCODERS.items():
-            register(name, cls)
-
-    def register_losses(register):
-        for name, (cls, _) in LOSSES.items():
-            register(name, cls)
-
-    plugin = types.SimpleNamespace(
-        register_user_encoders=hookimpl(register_user_encoders),
-        register_losses=hookimpl(register_losses),
-    )
-    plugins.add_plugin(plugin, "broken-training")
-    try:
+    encoders = {name: cls for name, (cls, _, _) in ENCODERS.items()}
+    losses = {name: cls for name, (cls, _) in LOSSES.items()}
+    with (
+        registering("register_user_encoders", encoders, "broken-encoders"),
+        registering("register_losses", losses, "broken-losses"),
+    ):
         yield
-    finally:
-        plugins.remove_plugin("broken-training")
 
 
 def refusal(**changes) -> str:
