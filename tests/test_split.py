@@ -56,6 +56,16 @@ def test_timestamp_ties_are_broken_by_numeric_item_id():
     assert split.item_ids == ["1", "2", "9", "10", "100"]
 
 
+@pytest.mark.parametrize("big", ["99999999999999999999", "9223372036854775808"])
+def test_integer_ids_past_int64_keep_their_order(big):
+    """int64 would wrap them below the small ids; float64 would round two into one."""
+    rows = [("1", big, 5, 5), ("1", "5", 5, 5), ("1", "3", 1, 5), ("1", "4", 2, 5)]
+    rows += [("1", str(int(big) + 1), 5, 5)]
+    split = make_split(dataset(rows), min_rating=4.0)
+    assert raw_sequences(split) == {"1": ["3", "4", "5", big, str(int(big) + 1)]}
+    assert split.item_ids == ["3", "4", "5", big, str(int(big) + 1)]
+
+
 def test_timestamp_ties_with_text_ids_are_broken_as_text():
     rows = [("u", "b", 5, 5), ("u", "10", 5, 5), ("u", "a", 5, 5), ("u", "9", 5, 5)]
     split = make_split(dataset(rows), min_rating=4.0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from decimal import Decimal
 from functools import cached_property
 
 import numpy as np
@@ -71,27 +72,34 @@ class Split:
         return hashlib.sha256(json.dumps(content).encode("utf-8")).hexdigest()
 
 
-def item_sort_key(items: pd.Series) -> pd.Series:
-    """Ids compare as integers when every id is an integer, else as strings."""
-    numeric = pd.to_numeric(items, errors="coerce")
-    if numeric.notna().all() and (numeric % 1 == 0).all():
-        return numeric.astype("int64")
-    return items
+def integer_keys(ids: pd.Series) -> np.ndarray | None:
+    """Each id as the integer it spells, when every id spells one, else None.
+
+    int64 where they fit; past it (20-digit ids), exact Python integers read
+    from the text, since int64 would wrap and float64 would round them.
+    """
+    numeric = pd.to_numeric(ids, errors="coerce")
+    if not (numeric.notna().all() and (numeric % 1 == 0).all()):
+        return None
+    if numeric.dtype == np.int64:
+        return numeric.to_numpy()
+    return np.array([int(Decimal(text)) for text in ids], dtype=object)
 
 
 def id_order(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The order of distinct ``ids`` (strings) by :func:`item_sort_key`, and each id's key rank.
+    """The order of distinct ``ids`` (strings): as integers when every id is one, else as
+    text; and each id's key rank.
 
     Ids with equal keys ("1" and "01") are ordered by their text and share
     a key rank, which is what timestamp ties are broken by.
     """
     order = np.argsort(ids, kind="stable")  # as text
-    keys = item_sort_key(pd.Series(ids[order]))
-    if pd.api.types.is_integer_dtype(keys):
-        by_key = np.argsort(keys.to_numpy(), kind="stable")
-        order, keys = order[by_key], keys.to_numpy()[by_key]
+    keys = integer_keys(pd.Series(ids[order], dtype=object))
+    if keys is not None:
+        by_key = np.argsort(keys, kind="stable")
+        order, keys = order[by_key], keys[by_key]
     else:
-        keys = keys.to_numpy()
+        keys = ids[order]
     ranks = np.empty(len(ids), dtype=np.int64)
     ranks[order] = np.concatenate([[0], np.cumsum(keys[1:] != keys[:-1])]) if len(ids) else []
     return order, ranks
