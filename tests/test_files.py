@@ -373,6 +373,16 @@ def test_whole_number_timestamps_stay_exact_integers(tmp_path):
     assert split_order(frame) == ["3", "2", "1"]
 
 
+@pytest.mark.parametrize("other", ["10.5", f"{1_700_000_000_123_456_790}.0"])
+def test_nanosecond_timestamps_beside_a_fraction_keep_their_order(tmp_path, other):
+    """As float64 the two nanosecond times would be one and tie, ordered by item id."""
+    big = 1_700_000_000_123_456_789
+    rows = f"1,1,{big}\n1,2,{big - 1}\n1,3,{other}\n"
+    frame = files.load_interactions(write(tmp_path / "x.csv", "user,item,timestamp\n" + rows))
+    expected = ["3", "2", "1"] if other == "10.5" else ["2", "1", "3"]
+    assert split_order(frame) == expected
+
+
 def test_parquet_datetimes_keep_sub_second_order(tmp_path):
     path = tmp_path / "x.parquet"
     times = pd.to_datetime(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from decimal import Decimal
 from typing import NoReturn
 
 import numpy as np
@@ -114,9 +115,24 @@ def _as_timestamp(values: pd.Series, source: str, row_offset: int) -> pd.Series:
         position = first(too_large)
         problem = f"{values.iloc[position]!r} is out of range (at most ±9.2e18)"
         bad_row(source, position + row_offset, "timestamp", problem)
+    if pd.api.types.is_integer_dtype(numbers):
+        return numbers.astype("int64")
+    if not pd.api.types.is_numeric_dtype(values) and numbers.abs().max() >= FLOAT_EXACT:
+        return _exact_order(values)
     if (numbers % 1 == 0).all():
         return numbers.astype("int64")
     return numbers.astype("float64")
+
+
+FLOAT_EXACT = 2.0**53  # from here on float64 rounds whole numbers, so two times can become one
+
+
+def _exact_order(texts: pd.Series) -> pd.Series:
+    """Dense int64 ranks of timestamps written as text that float64 cannot tell apart
+    (nanoseconds with a fraction somewhere in the column): the order is read exactly."""
+    exact = np.array([Decimal(str(text).strip()) for text in texts], dtype=object)
+    ranks = np.unique(exact, return_inverse=True)[1]
+    return pd.Series(ranks.astype("int64"), index=texts.index)
 
 
 def check_dataset(dataset: object, name: str) -> Dataset:
