@@ -189,6 +189,38 @@ def test_parquet_items_with_float_ids_match_the_interactions(tmp_path):
     assert split.titles == ["One", "Two", "Three"]
 
 
+def test_parquet_list_genres_are_cleaned_as_text_genres_are(tmp_path):
+    interactions = write(tmp_path / "x.csv", "user,item,timestamp\n1,a,1\n1,b,2\n1,c,3\n")
+    genres = [["Drama", None], ["", " Comedy "], ["(no genres listed)"]]
+    items = tmp_path / "items.parquet"
+    pd.DataFrame({"item": ["a", "b", "c"], "title": ["A", "B", "C"], "genres": genres}).to_parquet(
+        items
+    )
+    text = write(
+        tmp_path / "items.csv", "item,genres\na,Drama|\nb,| Comedy \nc,(no genres listed)\n"
+    )
+    for path in (items, text):
+        dataset = files.load(config(interactions=str(interactions), items=str(path)))
+        assert make_split(dataset, min_rating=0.0).genres == [["Drama"], ["Comedy"], []]
+
+
+def test_genres_neither_text_nor_a_list_are_refused_with_their_row(tmp_path):
+    items = tmp_path / "items.parquet"
+    pd.DataFrame({"item": ["a", "b"], "genres": [1, 2]}).to_parquet(items)
+    message = message_of(files.load_items, items)
+    assert message == f"{items}: row 1, column 'genres': 1 is not text nor a list of genre names"
+
+
+def test_an_items_table_naming_none_of_the_items_is_refused(tmp_path):
+    """pandas writes float ids as 10.0: none of them is the interactions' item 10."""
+    interactions = write(tmp_path / "x.csv", "user,item,timestamp\n1,10,1\n1,20,2\n1,30,3\n")
+    items = write(tmp_path / "items.csv", "item,title\n10.0,Ten\n20.0,Twenty\n30.0,Thirty\n")
+    dataset = files.load(config(interactions=str(interactions), items=str(items)))
+    message = message_of(make_split, dataset, min_rating=0.0)
+    assert message.startswith("x: none of the 3 items of its items table is an item of its")
+    assert "(items: '10.0', '20.0', '30.0', ...; interactions: '10', '20', '30', ...)" in message
+
+
 def test_whole_float_ids_past_int64_stay_distinct(tmp_path):
     # 1e19 and 2e19 are whole numbers no int64 holds: each is its own id, written in full
     path = tmp_path / "x.parquet"

@@ -8,11 +8,13 @@ are. Ids may be any strings.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from ..errors import TwoTowerError
-from .dataset import Dataset, as_id, normalise_interactions
+from .dataset import Dataset, as_id, bad_row, normalise_interactions
 
 ALIASES = {
     "user": ("user", "user_id", "userId", "userid", "UserID"),
@@ -103,7 +105,11 @@ def load_items(
     items = pd.DataFrame({"item": as_id(frame[item], "item", str(path), first_row(path))})
     items["title"] = frame[title].fillna("").astype(str) if title else items["item"]
     if genres:
-        items["genres"] = [_split_genres(value) for value in frame[genres]]
+        start = first_row(path)
+        items["genres"] = [
+            _split_genres(value, path, start + position)
+            for position, value in enumerate(frame[genres])
+        ]
     else:
         items["genres"] = [[] for _ in range(len(items))]
     duplicated = items["item"].duplicated()
@@ -114,13 +120,25 @@ def load_items(
     return items
 
 
-def _split_genres(value) -> list[str]:
+NO_GENRES = "(no genres listed)"  # MovieLens' word for an empty list
+
+
+def _split_genres(value: Any, path: Path, row: int) -> list[str]:
+    """An item's genres from text (``a|b``) or a Parquet list, cleaned alike: names
+    stripped, empty and missing ones dropped, MovieLens' "no genres" dropped."""
     if value is None or (isinstance(value, float) and pd.isna(value)):
         return []
-    if not isinstance(value, str):  # Parquet list column
-        return [str(v) for v in value]
-    genres = [g.strip() for g in value.split("|")]
-    return [g for g in genres if g and g != "(no genres listed)"]
+    if isinstance(value, str):
+        names = value.split("|")
+    elif isinstance(value, list | tuple | np.ndarray):
+        names = [v for v in value if isinstance(v, str)]
+        if len(names) != sum(v is not None for v in value):
+            problem = f"{list(value)!r} holds a genre that is not text"
+            bad_row(str(path), row, "genres", problem)
+    else:
+        bad_row(str(path), row, "genres", f"{value!r} is not text nor a list of genre names")
+    genres = [g.strip() for g in names]
+    return [g for g in genres if g and g != NO_GENRES]
 
 
 def load(config) -> Dataset:

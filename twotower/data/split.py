@@ -183,17 +183,28 @@ def make_split(dataset: Dataset, min_rating: float, min_user_positives: int = 3)
 
     item_ids = [str(i) for i in item_names[present_items[item_order]]]
     user_ids = [str(u) for u in user_names[user_order]]
-    genre_names, item_genres, titles, genres = _item_features(dataset.items, item_ids)
+    genre_names, item_genres, titles, genres = _item_features(dataset, item_ids)
     return Split(user_ids, item_ids, sequences, genre_names, item_genres, titles, genres)
 
 
-def _item_features(items: pd.DataFrame | None, item_ids: list[str]):
-    """Multi-hot genres, titles and genre lists aligned with item indexes."""
+def _item_features(dataset: Dataset, item_ids: list[str]):
+    """Multi-hot genres, titles and genre lists aligned with item indexes.
+
+    An items table that names none of the items is refused: its ids are
+    spelled otherwise (``10.0`` for ``10``), and every title would be lost.
+    """
+    items = dataset.items
     if items is None:
         no_genres = np.zeros((len(item_ids) + 1, 0), dtype=np.float32)
         return [], no_genres, [""] * len(item_ids), [[] for _ in item_ids]
     by_id = items.drop_duplicates("item").set_index("item")
     known = pd.Index(item_ids).isin(by_id.index)
+    if len(by_id) and not known.any():
+        raise TwoTowerError(
+            f"{dataset.name}: none of the {len(by_id)} items of its items table is an item of "
+            f"its interactions (items: {', '.join(map(repr, by_id.index[:3]))}, ...; "
+            f"interactions: {', '.join(map(repr, item_ids[:3]))}, ...)"
+        )
     aligned = by_id.reindex(item_ids)
     titles = [str(t) if k else "" for t, k in zip(aligned["title"], known, strict=True)]
     genres = [list(g) if k else [] for g, k in zip(aligned["genres"], known, strict=True)]
