@@ -343,6 +343,35 @@ def test_a_folder_given_as_the_file_is_named_a_folder(tmp_path):
     assert message == f"{tmp_path} is a folder; give a CSV or Parquet file"
 
 
+def test_a_column_named_twice_in_the_header_is_refused(tmp_path):
+    path = write(tmp_path / "x.csv", "user,item,timestamp,rating,rating,,\n1,a,1,1,5,,\n")
+    assert message_of(files.load_interactions, path) == (
+        f"{path}: the header names column(s) rating twice"
+    )
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        ({"time_col": "item"}, "column 'item' is picked as both item and timestamp"),
+        ({"user_col": "item"}, "column 'item' is picked as both user and item"),
+    ],
+)
+def test_one_column_in_two_roles_is_refused(tmp_path, flags, says):
+    path = write(tmp_path / "x.csv", "user,item,timestamp\n1,10,1\n")
+    assert message_of(files.load_interactions, path, **flags) == f"{path}: {says}"
+    items = write(tmp_path / "items.csv", "item,title\n10,Ten\n")
+    message = message_of(files.load_items, items, title_col="item")
+    assert message == f"{items}: column 'item' is picked as both item and title"
+
+
+def test_a_compressed_tsv_is_read_tab_separated(tmp_path):
+    path = tmp_path / "x.tsv.gz"
+    frame = pd.DataFrame({"user": ["1", "1"], "item": ["a", "b"], "timestamp": ["1", "2"]})
+    frame.to_csv(path, sep="\t", index=False)
+    assert files.load_interactions(path)["item"].tolist() == ["a", "b"]
+
+
 def test_item_listed_twice_in_items_file(tmp_path):
     path = write(tmp_path / "movies.csv", "movieId,title\n1,A\n2,B\n1,C\n")
     message = message_of(files.load_items, path)

@@ -27,8 +27,19 @@ ALIASES = {
 NO_RATING = "none"  # --rating-col none: ignore any rating column, every interaction is positive
 
 
+COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst", ".zip")  # pandas reads these CSVs as they are
+
+
+def kind_suffix(path: Path) -> str:
+    """The suffix that says what the file holds: ``ratings.tsv.gz`` is a TSV."""
+    suffixes = [suffix.lower() for suffix in path.suffixes]
+    if len(suffixes) > 1 and suffixes[-1] in COMPRESSIONS:
+        return suffixes[-2]
+    return suffixes[-1] if suffixes else ""
+
+
 def is_parquet(path: Path) -> bool:
-    return path.suffix.lower() in (".parquet", ".pq")
+    return kind_suffix(path) in (".parquet", ".pq")
 
 
 def first_row(path: Path) -> int:
@@ -44,12 +55,32 @@ def read_file(path: Path) -> pd.DataFrame:
         raise TwoTowerError(f"file not found: {path}")
     try:
         if is_parquet(path):
-            return pd.read_parquet(path)
-        sep = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
-        return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""])
+            return pd.read_parquet(path)  # pyarrow refuses a name twice itself
+        sep = "\t" if kind_suffix(path) in (".tsv", ".tab") else ","
+        header = pd.read_csv(path, sep=sep, dtype=str, header=None, nrows=1).iloc[0].tolist()
+        frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""])
     except Exception as exc:  # pandas/pyarrow raise many types for unreadable files
         reason = " ".join(str(exc).split())  # one line: the parsers' messages hold newlines
         raise TwoTowerError(f"{path}: cannot read ({type(exc).__name__}: {reason})") from None
+    named = [name for name in header if isinstance(name, str)]  # not the blank ones
+    twice = sorted({name for name in named if named.count(name) > 1})
+    if twice:  # pandas would read the first and rename the others "name.1"
+        raise TwoTowerError(f"{path}: the header names column(s) {', '.join(twice)} twice")
+    return frame
+
+
+def distinct_columns(columns: dict[str, str | None], path: Path) -> dict[str, str | None]:
+    """Each role reads a column of its own: one column as both item and timestamp is a
+    mistyped flag, not data."""
+    roles: dict[str, str] = {}
+    for role, column in columns.items():
+        if column is not None and column in roles:
+            raise TwoTowerError(
+                f"{path}: column {column!r} is picked as both {roles[column]} and {role}"
+            )
+        if column is not None:
+            roles[column] = role
+    return columns
 
 
 def pick_column(frame: pd.DataFrame, role: str, chosen: str | None, path: Path, required: bool):
@@ -79,14 +110,17 @@ def load_interactions(
     rating_col: str | None = None,
 ) -> pd.DataFrame:
     frame = read_file(path)
-    columns = {
-        "user": pick_column(frame, "user", user_col, path, required=True),
-        "item": pick_column(frame, "item", item_col, path, required=True),
-        "timestamp": pick_column(frame, "timestamp", time_col, path, required=True),
-        "rating": None
-        if rating_col == NO_RATING
-        else pick_column(frame, "rating", rating_col, path, required=False),
-    }
+    columns = distinct_columns(
+        {
+            "user": pick_column(frame, "user", user_col, path, required=True),
+            "item": pick_column(frame, "item", item_col, path, required=True),
+            "timestamp": pick_column(frame, "timestamp", time_col, path, required=True),
+            "rating": None
+            if rating_col == NO_RATING
+            else pick_column(frame, "rating", rating_col, path, required=False),
+        },
+        path,
+    )
     picked = pd.DataFrame({role: frame[col] for role, col in columns.items() if col is not None})
     has_rating = columns["rating"] is not None
     return normalise_interactions(picked, str(path), has_rating, row_offset=first_row(path))
@@ -99,9 +133,14 @@ def load_items(
     genres_col: str | None = None,
 ) -> pd.DataFrame:
     frame = read_file(path)
-    item = pick_column(frame, "item", item_col, path, required=True)
-    title = pick_column(frame, "title", title_col, path, required=False)
-    genres = pick_column(frame, "genres", genres_col, path, required=False)
+    item, title, genres = distinct_columns(
+        {
+            "item": pick_column(frame, "item", item_col, path, required=True),
+            "title": pick_column(frame, "title", title_col, path, required=False),
+            "genres": pick_column(frame, "genres", genres_col, path, required=False),
+        },
+        path,
+    ).values()
     items = pd.DataFrame({"item": as_id(frame[item], "item", str(path), first_row(path))})
     items["title"] = frame[title].fillna("").astype(str) if title else items["item"]
     if genres:
