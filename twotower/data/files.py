@@ -27,7 +27,7 @@ ALIASES = {
 NO_RATING = "none"  # --rating-col none: ignore any rating column, every interaction is positive
 
 
-COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst", ".zip")  # .zst needs zstandard  # pandas reads these CSVs as they are
+COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst", ".zip")  # pandas reads these (.zst with zstandard)
 
 
 def kind_suffix(path: Path) -> str:
