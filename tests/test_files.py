@@ -365,6 +365,15 @@ def test_one_column_in_two_roles_is_refused(tmp_path, flags, says):
     assert message == f"{items}: column 'item' is picked as both item and title"
 
 
+def test_a_file_that_is_not_utf8_names_the_line(tmp_path):
+    path = tmp_path / "x.csv"
+    lines = ["user,item,timestamp", *[f"{u},a,{u}" for u in range(300)], "9,caf\xe9,3"]
+    path.write_bytes("\n".join(lines).encode("latin-1"))
+    assert message_of(files.load_interactions, path) == (
+        f"{path}: line 302 is not UTF-8 text (byte 0xe9); save it as UTF-8"
+    )
+
+
 def test_a_compressed_tsv_is_read_tab_separated(tmp_path):
     path = tmp_path / "x.tsv.gz"
     frame = pd.DataFrame({"user": ["1", "1"], "item": ["a", "b"], "timestamp": ["1", "2"]})

@@ -59,6 +59,8 @@ def read_file(path: Path) -> pd.DataFrame:
         sep = "\t" if kind_suffix(path) in (".tsv", ".tab") else ","
         header = pd.read_csv(path, sep=sep, dtype=str, header=None, nrows=1).iloc[0].tolist()
         frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""])
+    except UnicodeDecodeError:
+        raise TwoTowerError(f"{path}: {not_utf8(path)}; save it as UTF-8") from None
     except Exception as exc:  # pandas/pyarrow raise many types for unreadable files
         reason = " ".join(str(exc).split())  # one line: the parsers' messages hold newlines
         raise TwoTowerError(f"{path}: cannot read ({type(exc).__name__}: {reason})") from None
@@ -67,6 +69,19 @@ def read_file(path: Path) -> pd.DataFrame:
     if twice:  # pandas would read the first and rename the others "name.1"
         raise TwoTowerError(f"{path}: the header names column(s) {', '.join(twice)} twice")
     return frame
+
+
+def not_utf8(path: Path) -> str:
+    """Where a text file stops being UTF-8 (the parser only knows a position in its buffer)."""
+    if kind_suffix(path) != path.suffix.lower():
+        return "it is not UTF-8 text"  # compressed: its lines are not at hand
+    with path.open("rb") as lines:
+        for number, line in enumerate(lines, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return f"line {number} is not UTF-8 text (byte {line[exc.start]:#04x})"
+    return "it is not UTF-8 text"
 
 
 def distinct_columns(columns: dict[str, str | None], path: Path) -> dict[str, str | None]:
