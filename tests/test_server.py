@@ -383,6 +383,9 @@ ERRORS = [
     ("POST", "/v1/recommendations", {"users": ["{user}"] * TOO_MANY}, 422, "users: at most 256"),
     ("POST", "/v1/recommendations", {"items": ["{item}"] * 1001}, 422, "items: at most 1000"),
     ("POST", "/v1/recommendations", b" " * (64 * 1024 + 1), 413, "over 65536 bytes"),
+    ("GET", "/v1/users/{user}/recommendations?k=1_0", None, 422, "not '1_0'"),
+    ("GET", "/v1/users/{user}/recommendations?k=%20%202", None, 422, "not '  2'"),
+    ("GET", "/v1/users/{user}/recommendations?k=%D9%A3", None, 422, "an integer, not"),
     ("GET", "/no/such/path", None, 404, "Not Found"),
     ("DELETE", "/v1/items/{item}", None, 405, "Method Not Allowed"),
 ]
@@ -402,6 +405,18 @@ def test_errors_are_json_answers(server, core, method, path, body, status, detai
     message = got.json()["detail"]
     assert detail in message and "\n" not in message
     assert "Traceback" not in got.text
+
+
+def test_a_wrong_method_says_which_are_allowed_and_health_takes_head(server):
+    wrong = server.client.put("/v1/recommendations")
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"
+    for path in ("/healthz", "/readyz"):
+        head = server.client.head(path)
+        assert head.status_code == 200 and head.content == b""
+    paths = server.client.get("/openapi.json").json()["paths"]
+    assert "text/plain" in next(iter(paths["/metrics"]["get"]["responses"]["200"]["content"]))
+    assert "413" in paths["/v1/recommendations"]["post"]["responses"]
+    assert "202" in paths["/admin/reload"]["post"]["responses"]
 
 
 def test_a_body_over_the_limit_is_refused_chunked_too(server):
@@ -624,6 +639,9 @@ def test_workers_serve_and_reload_one_by_one(bundle, core, tmp_path):
 
         flip_a_byte(served_folder)
         assert server.client.post("/admin/reload").status_code == 409
+        text = server.client.get("/metrics").text  # counted by the worker that checked
+        assert metric(text, "twotower_bundle_reloads_total", outcome="ok") == 1
+        assert metric(text, "twotower_bundle_reloads_total", outcome="refused") == 1
         restarted = worker_pids(server)
         os.kill(server.process.pid, signal.SIGHUP)  # a replacement fails; the old workers stay
         wait_for(lambda: "aborting the restart" in server.text(), what="the refused restart")
@@ -642,6 +660,13 @@ def test_serve_refuses_a_bad_bundle_before_listening(capsys, bundle, tmp_path):
     assert "is corrupted (sha256 does not match manifest)" in error_line(code, err)
     code, _, err = run(capsys, "serve", "--bundle", tmp_path / "absent")
     assert f"no bundle folder at {tmp_path / 'absent'}" in error_line(code, err)
+
+
+def test_serve_refuses_an_empty_host(capsys, bundle):
+    code, _, err = run(capsys, "serve", "--bundle", bundle, "--host", "", "--port", "0")
+    assert error_line(code, err) == (
+        "error: the host to listen on is empty; name one (0.0.0.0 for every interface)"
+    )
 
 
 def test_serve_refuses_a_busy_port(capsys, bundle):

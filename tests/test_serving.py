@@ -470,7 +470,29 @@ def truncated_index(folder: Path) -> str:
     return f"the hnsw index in {folder} cannot be loaded (RuntimeError: "
 
 
+def rewritten(name: str, content: bytes, says: str):
+    """A damage writing ``content`` over file ``name``, its checksum recorded anew: bytes the
+    manifest vouches for, but not what twotower writes there."""
+
+    def damage(folder: Path) -> str:
+        (folder / name).write_bytes(content)
+        resign(folder, name)
+        return f"{folder / name} {says}"
+
+    damage.__name__ = f"malformed_{name.replace('.', '_')}"
+    return damage
+
+
+MALFORMED = [
+    rewritten(artifacts.ITEMS, b'{"genres": []}', 'does not hold {"items": [{"item_id"'),
+    rewritten(artifacts.MAPPINGS, b"not json", "cannot be read (JSONDecodeError: "),
+    rewritten(artifacts.USER_HISTORIES, b"[]", "does not hold {user_id: [item_id, ...]}"),
+    rewritten(artifacts.ITEM_EMBEDDINGS, b"garbage", "cannot be read (ValueError: "),
+    rewritten(artifacts.CONFIG, b'["epochs"]', "does not hold settings, as twotower writes it"),
+]
+
 DAMAGES = [
+    *MALFORMED,
     another_format,
     unknown_history_item,
     fewer_item_vectors,

@@ -28,7 +28,7 @@ import platform
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 from filelock import FileLock, Timeout
 
-from .errors import TwoTowerError
+from .errors import TwoTowerError, refused_as
 from .schema import check
 
 FORMAT_VERSION = 2  # 2: the manifest says what the folder is and which data it was fitted on
@@ -446,9 +446,32 @@ def check_files(folder: Path, files: dict[str, Any], spec: Kind) -> None:
             )
 
 
-def read_json(folder: Path, name: str) -> Any:
-    return json.loads((Path(folder) / name).read_text(encoding="utf-8"))
+# Checksums vouch for a folder's bytes, not for their meaning: a file rewritten by hand (its
+# sha256 updated) is read through these, which refuse what twotower would not have written.
 
 
-def load_array(folder: Path, name: str) -> np.ndarray:
-    return np.load(Path(folder) / name, allow_pickle=False)
+def read_json(folder: Path, name: str, holds: Callable[[Any], bool], expected: str) -> Any:
+    """File ``name`` of ``folder``, which must hold ``expected`` (``holds`` says whether)."""
+    path = Path(folder) / name
+    with refused_as(f"{path} cannot be read"):
+        value = json.loads(path.read_text(encoding="utf-8"))
+    return held(path, value, holds(value), expected)
+
+
+def load_array(folder: Path, name: str, holds: Callable[[np.ndarray], bool], expected: str):
+    """Array file ``name`` of ``folder`` (never unpickled), which must hold ``expected``."""
+    path = Path(folder) / name
+    with refused_as(f"{path} cannot be read"):
+        value = np.load(path, allow_pickle=False)
+    return held(path, value, isinstance(value, np.ndarray) and holds(value), expected)
+
+
+def held(path: Path, value: Any, holds: bool, expected: str) -> Any:
+    if not holds:
+        raise TwoTowerError(f"{path} does not hold {expected}, as twotower writes it")
+    return value
+
+
+def str_list(value: Any) -> bool:
+    """Whether ``value`` is a JSON list of strings (ids, genres)."""
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)

@@ -67,17 +67,45 @@ class Recommender:
         self.config = config
         self.towers = towers
         self.max_history_len = config.max_history_len
-        mappings = files.read_json(self.folder, files.MAPPINGS)
+        mappings = files.read_json(
+            self.folder,
+            files.MAPPINGS,
+            lambda m: (
+                isinstance(m, dict)
+                and files.str_list(m.get("users"))
+                and files.str_list(m.get("items"))
+            ),
+            '{"users": [...], "items": [...]} lists of ids',
+        )
         self.user_ids: list[str] = mappings["users"]
         self.item_ids: list[str] = mappings["items"]
         self.user_index = {user: i + 1 for i, user in enumerate(self.user_ids)}
         self.item_index = {item: i + 1 for i, item in enumerate(self.item_ids)}
-        self.items = files.read_json(self.folder, files.ITEMS)["items"]
-        self.histories: dict[str, list[str]] = files.read_json(self.folder, files.USER_HISTORIES)
+        self.items = files.read_json(
+            self.folder,
+            files.ITEMS,
+            lambda d: (
+                isinstance(d, dict)
+                and isinstance(d.get("items"), list)
+                and all(is_item(item) for item in d["items"])
+            ),
+            '{"items": [{"item_id", "title", "genres"}, ...]}',
+        )["items"]
+        self.histories: dict[str, list[str]] = files.read_json(
+            self.folder,
+            files.USER_HISTORIES,
+            lambda h: isinstance(h, dict) and all(map(files.str_list, h.values())),
+            "{user_id: [item_id, ...]}",
+        )
         self.history_indexes = {
             user: self.indexes_of(user, items) for user, items in self.histories.items()
         }
-        self.item_vectors = files.load_array(self.folder, files.ITEM_EMBEDDINGS)
+        self.item_vectors = files.load_array(
+            self.folder,
+            files.ITEM_EMBEDDINGS,
+            lambda v: v.ndim == 2 and v.dtype == np.float32,
+            "float32 item vectors [items, d]",
+        )
         if len(self.item_vectors) != len(self.item_ids) or len(self.items) != len(self.item_ids):
             raise TwoTowerError(
                 f"{self.folder}: {files.ITEM_EMBEDDINGS} has {len(self.item_vectors)} rows and "
@@ -213,7 +241,18 @@ class Recommender:
 def saved_config(folder: Path) -> TwoTowerConfig:
     """The ``TwoTowerConfig`` a folder was fitted with (artifacts and bundles both hold it)."""
     path = Path(folder) / files.CONFIG
-    return TwoTowerConfig.from_dict(files.read_json(folder, files.CONFIG), str(path))
+    values = files.read_json(folder, files.CONFIG, lambda c: isinstance(c, dict), "settings")
+    return TwoTowerConfig.from_dict(values, str(path))
+
+
+def is_item(item: Any) -> bool:
+    """Whether ``item`` is an entry of ``items.json``."""
+    return (
+        isinstance(item, dict)
+        and isinstance(item.get("item_id"), str)
+        and isinstance(item.get("title"), str)
+        and files.str_list(item.get("genres"))
+    )
 
 
 def open_retriever(

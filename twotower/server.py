@@ -149,18 +149,22 @@ class Problem(Exception):
         self.detail = detail
 
 
-def answer(body: Any, loaded: Loaded | None = None, status: int = 200) -> Response:
+def answer(
+    body: Any, loaded: Loaded | None = None, status: int = 200, headers: dict | None = None
+) -> Response:
     """JSON (orjson writes the ``Recommendation`` dataclasses as they are), tagged with the
     version of the bundle that answered."""
-    headers = {"x-bundle-version": loaded.version} if loaded else None
+    headers = {**(headers or {}), **({"x-bundle-version": loaded.version} if loaded else {})}
     return Response(orjson.dumps(body), status, headers, "application/json")
 
 
 def integer(text: str, name: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise Problem(422, f"{name}: expected an integer, not {text!r}") from None
+    """Plain ASCII digits, as the schema's integer means: not ``int``'s ``1_0``, spaces or
+    other scripts' digits."""
+    digits = text[1:] if text[:1] == "-" else text
+    if not (digits.isascii() and digits.isdigit()):
+        raise Problem(422, f"{name}: expected an integer, not {text!r}")
+    return int(text)
 
 
 def boolean(text: str, name: str) -> bool:
@@ -458,7 +462,8 @@ def create_app(
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
-        return answer({"detail": str(exc.detail)}, status=exc.status_code)
+        # its headers say what the client needs next (a 405's Allow)
+        return answer({"detail": str(exc.detail)}, status=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def crashed(request: Request, exc: Exception) -> Response:
@@ -506,7 +511,7 @@ def create_app(
     @app.post(
         "/v1/recommendations",
         response_model=HistoryRecommendations | BatchRecommendations,
-        responses=ERRORS,
+        responses={**ERRORS, 413: {"model": Detail, "description": "body over the size limit"}},
         summary="top-k items for an anonymous history, or for a batch of known users",
         openapi_extra=REQUEST_BODY,
     )
@@ -531,30 +536,46 @@ def create_app(
         items = loaded.recommender.recommend_history(history, k, request.exclude_seen)
         return answer({"items": items}, loaded)
 
-    @app.get("/v1/items/{item_id:path}", response_model=Item, responses=ERRORS, summary="one item")
+    @app.get(
+        "/v1/items/{item_id:path}",
+        response_model=Item,
+        responses={404: ERRORS[404]},
+        summary="one item",
+    )
     async def item(item_id: str) -> Response:
         loaded = live.current
         known_items(loaded, [item_id])
         row = loaded.recommender.item_index[item_id] - 1
         return answer(loaded.recommender.items[row], loaded)
 
-    @app.get("/healthz", summary="the process is up")
+    @app.api_route("/healthz", methods=["GET", "HEAD"], summary="the process is up")
     async def healthz() -> Response:
         return answer({"status": "ok"})
 
-    @app.get("/readyz", summary="a checked bundle is loaded: which one")
+    @app.api_route(
+        "/readyz", methods=["GET", "HEAD"], summary="a checked bundle is loaded: which one"
+    )
     async def readyz() -> Response:
         loaded = live.current
         return answer({"status": "ready", "pid": os.getpid(), **loaded.describe()}, loaded)
 
-    @app.get("/metrics", summary="Prometheus metrics")
+    @app.get(
+        "/metrics",
+        summary="Prometheus metrics",
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "the metrics"}},
+        response_class=Response,
+    )
     async def prometheus_metrics() -> Response:
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @app.post(
         "/admin/reload",
         summary="load the bundle folder again, check it, swap it in",
-        responses={403: {"model": Detail}, 409: {"model": Detail, "description": "refused"}},
+        responses={
+            202: {"description": "checked; the workers restart on it (--workers N)"},
+            403: {"model": Detail},
+            409: {"model": Detail, "description": "refused"},
+        },
     )
     async def admin_reload(request: Request) -> Response:
         if admin_token is not None:
@@ -570,8 +591,10 @@ def create_app(
         try:  # check it here, then let the supervisor replace every worker
             new = await asyncio.to_thread(live.check)
         except TwoTowerError as exc:
+            metrics.reloads.labels("refused").inc()
             version = live.current.version
             raise Problem(409, f"bundle refused, still serving version {version}: {exc}") from None
+        metrics.reloads.labels("ok").inc()  # counted here: the worker that counts it restarts
         os.kill(os.getppid(), signal.SIGHUP)
         return answer({"status": "restarting workers", "current": new.describe()}, status=202)
 
@@ -622,6 +645,10 @@ def serve(
     The socket listens before the server starts: connections made from then on wait in its
     queue, so ``print_json`` prints where it listens (one JSON line on stdout) right then.
     """
+    if not host.strip():  # the socket layer reads "" as every interface
+        raise TwoTowerError(
+            "the host to listen on is empty; name one (0.0.0.0 for every interface)"
+        )
     live = LiveBundle(bundle, retriever, threads)  # checked before anything listens
     listener = listen(host, port)
     port = listener.getsockname()[1]
