@@ -88,7 +88,7 @@ def broken_files(draw) -> tuple[bytes, str]:
         lines = [[HEADER[i] for i in keep], *[[r[i] for i in keep] for r in ROWS]]
         return ("\n".join(",".join(line) for line in lines) + "\n").encode(), f"missing {dropped}"
     if kind == "binary":
-        return b"\xff\xfe" + draw(st.binary(min_size=1, max_size=200)), "cannot read"
+        return b"\xff\xfe" + draw(st.binary(min_size=1, max_size=200)), "is not UTF-8 text"
     rows = [[*r[:2], draw(st.sampled_from(["1", "2", "3"])), r[3]] for r in ROWS]
     text = "\n".join(",".join(r) for r in [HEADER, *rows]) + "\n"
     return text.encode(), "nothing left after filtering"
