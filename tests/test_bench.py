@@ -5,7 +5,7 @@ import os
 import stat
 
 import pytest
-from helpers import snapshot, tiny_config
+from helpers import error_line, run, snapshot, tiny_config
 
 from twotower import evaluate, fit, plugins
 from twotower.bench import report, scale, serving, train
@@ -145,3 +145,37 @@ def test_a_result_file_that_cannot_be_written_is_one_error_naming_it(tmp_path):
         report.write_json({"rows": []}, folder)
     assert str(caught.value) == f"cannot write {folder} (Is a directory)"
     assert snapshot(tmp_path) == before  # no temporary file left either
+
+
+def test_a_result_file_twotower_did_not_write_is_never_replaced(tmp_path, capsys):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("precious notes")
+    link = tmp_path / "link.json"
+    link.symlink_to(notes)
+    base = ["bench", "scale", "--sizes", "50", "--queries", "5", "--repeats", "2"]
+    for flags, says in (
+        (["--json-file", notes], f"{notes} exists and is not a twotower result"),
+        (["--json-file", link], f"{notes} exists and is not a twotower result"),
+        (["--json-file", tmp_path / "a.out", "--markdown-file", tmp_path / "a.out"], "one file"),
+    ):
+        code, _, err = run(capsys, *base, *flags)
+        assert says in error_line(code, err)
+    assert notes.read_text() == "precious notes" and link.is_symlink()
+    with pytest.raises(SystemExit):
+        run(capsys, *base, "--plot", tmp_path / "plot.txt")
+    assert "expected a file name ending in .png" in capsys.readouterr().err
+
+
+def test_a_result_twotower_wrote_is_replaced_through_a_link(tmp_path, capsys):
+    results = tmp_path / "results"
+    results.mkdir()
+    json_file, markdown, plot = results / "s.json", results / "s.md", results / "s.png"
+    link = tmp_path / "latest.json"
+    link.symlink_to(json_file)
+    argv = ["bench", "scale", "--sizes", "50", "--queries", "5", "--repeats", "2"]
+    argv += ["--markdown-file", markdown, "--plot", plot]
+    for target in (json_file, link):  # the second run replaces all three
+        code, _, err = run(capsys, *argv, "--json-file", target)
+        assert code == 0, err
+    assert link.is_symlink() and json.loads(json_file.read_text())["command"].startswith("twotower")
+    assert all(report.written_by_twotower(path) for path in (json_file, markdown, plot))

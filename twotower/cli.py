@@ -348,6 +348,13 @@ def port_number(text: str) -> int:
     return value
 
 
+def png_file(text: str) -> Path:
+    """A plot's file name: the plot is drawn as PNG, so it must say so."""
+    if Path(text).suffix.lower() != ".png":
+        raise argparse.ArgumentTypeError(f"expected a file name ending in .png, got {text!r}")
+    return Path(text)
+
+
 def positive_int(text: str) -> int:
     """A count (repeats, threads, sizes): an integer of at least 1."""
     try:
@@ -399,11 +406,16 @@ def result_files(args: argparse.Namespace) -> list[Path]:
 
 
 def check_result_files(args: argparse.Namespace) -> None:
-    """Refuse result files that cannot be written now, not after the suite has run."""
+    """Refuse result files that cannot be written now, not after the suite has run, and
+    two results given one file (the last written would be all that is left)."""
     from .bench import report
 
+    seen: dict[str, Path] = {}
     for path in result_files(args):
         report.check_writable(path)
+        same = seen.setdefault(os.path.realpath(path), path)
+        if same is not path:
+            raise TwoTowerError(f"{same} and {path} are one file: give each result its own")
 
 
 def write_results(args: argparse.Namespace, result: dict) -> None:
@@ -686,7 +698,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         "--repeats", type=positive_int, default=200, help="timed repetitions per contender"
     )
     scale.add_argument("--threads", type=positive_int, default=1, help="threads for the search")
-    scale.add_argument("--plot", type=Path, metavar="FILE", help="recall vs queries/s PNG")
+    scale.add_argument("--plot", type=png_file, metavar="FILE.png", help="recall vs queries/s PNG")
 
     training = suite("train", cmd_bench_train, "every user encoder x every loss, over seeds")
     add_config_flags(training)

@@ -20,17 +20,25 @@ from ..errors import TwoTowerError
 Column = tuple[str, Callable[[dict[str, Any]], str]]
 
 
+PLOT_TAG = "twotower bench"  # the PNG "Software" text of the plots a suite draws
+
+
 def check_writable(path: Path) -> None:
     """Refuse a result path that could not be written at the end of the run.
 
-    That is a folder (it is never replaced), or a path under a file or
-    under a folder this process cannot write in. A file is created there and
+    That is a folder (it is never replaced), a file twotower did not write
+    (a run replaces only its own results), or a path under a file or under
+    a folder this process cannot write in. A file is created there and
     removed at once: that asks what permissions, read-only mounts and root
     would say, as a look at the mode bits cannot.
     """
-    path = Path(path)
+    path = Path(os.path.realpath(path))  # a link's target is what would be written
     if path.is_dir():
         raise TwoTowerError(f"{path} is a folder; give the name of a file to write")
+    if path.exists() and not written_by_twotower(path):
+        raise TwoTowerError(
+            f"{path} exists and is not a twotower result; name a new file or remove it"
+        )
     parent = next(folder for folder in path.parents if folder.exists())
     if not parent.is_dir():
         raise TwoTowerError(f"cannot write {path}: {parent} is a file, not a folder")
@@ -40,13 +48,36 @@ def check_writable(path: Path) -> None:
         raise TwoTowerError(f"cannot write {path} in {parent} ({exc.strerror or exc})") from None
 
 
+def written_by_twotower(path: Path) -> bool:
+    """Whether ``path`` holds what a suite writes: a JSON result or a Markdown report naming
+    the ``twotower`` command that made it, or a plot tagged with ``PLOT_TAG``."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return False
+    if data.startswith(b"\x89PNG"):
+        return PLOT_TAG.encode() in data[:4096]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    if text.startswith("# "):  # Markdown: the preamble's command block
+        return "\nCommand:\n\n```bash\ntwotower " in text[:4096]
+    try:
+        result = json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    command = result.get("command") if isinstance(result, dict) else None
+    return isinstance(command, str) and command.startswith("twotower ") and "versions" in result
+
+
 def write_text(path: Path, text: str) -> Path:
     """Write ``path`` whole or not at all: a temporary sibling, then a rename over it.
 
     Suites rewrite their files after every run, so a reader (or a stop)
     never meets half a file. A failure is one error naming the path.
     """
-    path = Path(path)
+    path = Path(os.path.realpath(path))  # through a link, which stays
     try:
         replace_whole(path, text)
     except OSError as exc:

@@ -21,6 +21,7 @@ import numpy as np
 from ..metrics import overlap_at_k
 from ..retrievers.exact import ExactRetriever
 from ..retrievers.hnsw import INDEX_FILE, HnswRetriever
+from .report import PLOT_TAG
 from .timing import environment, interleaved, p50_p99, pinned_threads
 
 DIM = 64
@@ -194,6 +195,6 @@ def plot(result: dict[str, Any], path: Path) -> Path:
         axis.legend(fontsize=7)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=120, metadata={"Software": PLOT_TAG})  # what a rerun may replace
     plt.close(figure)
     return path
