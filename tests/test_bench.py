@@ -116,9 +116,57 @@ def test_a_contender_names_settings_a_file_or_the_defaults(tmp_path):
     assert named.name == "small" and named.config.user_encoder == "gru"
     assert named.config.num_layers == 1 and named.config.dataset == base.dataset
     assert train.contender("use_user_id=false+lr=0.01", base).config.lr == 0.01
-    for bad in ("epochs", "no_such_setting=1", "dropout=2"):
+    for bad in ("epochs", "no_such_setting=1", "dropout=2", "seed=3"):
         with pytest.raises(TwoTowerError):
             train.contender(bad, base)
+
+
+def test_a_contender_file_is_read_as_fit_reads_a_config(tmp_path):
+    base = tiny_config(tmp_path)  # --set synthetic_num_users=60, synthetic_num_items=40
+    preset = tmp_path / "wide.toml"
+    preset.write_text("embedding_dim = 32\n[extra]\nsynthetic_num_users = 50\n")
+    config = train.contender(str(preset), base).config
+    assert config.extra == {"synthetic_num_users": 50, "synthetic_num_items": 40}
+    preset.write_text("bogus = 1\n")
+    with pytest.raises(TwoTowerError, match=f"{preset}: unknown key"):
+        train.contender(str(preset), base)
+    same = [tmp_path / "a" / "x.toml", tmp_path / "b" / "x.toml"]
+    for path in same:
+        path.parent.mkdir()
+        path.write_text("dropout = 0.3\n")
+    with pytest.raises(TwoTowerError, match="two contenders are named 'x'"):
+        train.distinct_names([train.contender(str(path), base) for path in same])
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["accuracy", "--contenders", "default,default"], "default given twice"),
+        (["accuracy", "--contenders", ","], "expected a comma-separated list"),
+        (["accuracy", "--seeds", "0,0"], "each once"),
+        (["scale-train", "--workloads", ","], "expected a comma-separated list"),
+        (["scale-train", "--workload-seed", "-1"], "expected a seed"),
+        (["train", "--encoders", "gru,gru"], "gru given twice"),
+    ],
+)
+def test_suite_lists_are_refused_empty_or_with_repeats(capsys, argv, says):
+    with pytest.raises(SystemExit):
+        run(capsys, "bench", *argv)
+    assert says in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["scale-train", "--epochs", "7"], "bench scale-train sets --epochs itself"),
+        (["scale-train", "--dataset", "synthetic"], "sets --dataset itself"),
+        (["train", "--user-encoder", "gru"], "bench train sets --user-encoder itself"),
+        (["accuracy", "--seed", "3"], "bench accuracy sets --seed itself"),
+    ],
+)
+def test_a_setting_a_suite_decides_itself_is_refused(capsys, argv, says):
+    code, _, err = run(capsys, "bench", *argv)
+    assert says in error_line(code, err)
 
 
 def test_a_result_file_gets_the_mode_open_would_give(tmp_path):

@@ -189,6 +189,15 @@ def test_unknown_user_encoder_in_toml_lists_the_names(capsys, tmp_path, csv):
     assert not (tmp_path / "d").exists()
 
 
+def test_a_setting_spelled_twice_in_toml_is_refused(capsys, tmp_path, csv):
+    toml = tmp_path / "run.toml"
+    toml.write_text("num-layers = 1\nnum_layers = 3\n")
+    code, _, err = run(capsys, *fit_args(csv, tmp_path / "d", "--config", str(toml)))
+    assert only_error_line(code, err) == (
+        f"error: {toml}: num_layers is given twice (as 'num_layers' and spelled otherwise)"
+    )
+
+
 def test_unknown_key_in_toml(capsys, tmp_path, csv):
     toml = tmp_path / "run.toml"
     toml.write_text("learning_rate = 0.1\n")

@@ -378,9 +378,21 @@ def int_list(text: str) -> list[int]:
     return values
 
 
+def text_list(text: str) -> list[str]:
+    """Comma-separated names, at least one, none twice (its runs would be pooled or
+    repeated under one name)."""
+    names = [part for part in text.split(",") if part]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise argparse.ArgumentTypeError(f"{', '.join(twice)} given twice in {text!r}")
+    return names
+
+
 def name_list(kind: str) -> Callable[[str], list[str]]:
     def parse(text: str) -> list[str]:
-        names = [part for part in text.split(",") if part]
+        names = text_list(text)
         for name in names:
             plugins.registry(kind).get(name)
         return names
@@ -388,15 +400,38 @@ def name_list(kind: str) -> Callable[[str], list[str]]:
     return parse
 
 
-def seed_list(text: str) -> list[int]:
-    """Comma-separated seeds: integers from 0."""
+def seed(text: str) -> int:
+    """A seed: an integer from 0."""
     try:
-        values = [int(part) for part in text.split(",") if part]
+        value = int(text)
     except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a seed (an integer from 0), got {text!r}")
+    return value
+
+
+def seed_list(text: str) -> list[int]:
+    """Comma-separated seeds: integers from 0, each once."""
+    try:
+        values = [seed(part) for part in text_list(text)]
+    except argparse.ArgumentTypeError:
         values = []
-    if not values or min(values) < 0:
-        raise argparse.ArgumentTypeError(f"expected comma-separated seeds from 0, got {text!r}")
+    if not values:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated seeds from 0, each once, got {text!r}"
+        )
     return values
+
+
+def refuse_suite_settings(args: argparse.Namespace, names: Sequence[str], why: str) -> None:
+    """A suite that sets ``names`` itself refuses them given (by flag or TOML): they would
+    be recorded as the run's settings, but not used."""
+    given = [flag(name) for name in names if name in given_settings(args)]
+    if given:
+        raise TwoTowerError(
+            f"bench {args.suite} sets {', '.join(given)} itself ({why}): leave them out"
+        )
 
 
 def result_files(args: argparse.Namespace) -> list[Path]:
@@ -480,6 +515,9 @@ def cmd_bench_scale(args: argparse.Namespace) -> None:
 def cmd_bench_train(args: argparse.Namespace) -> None:
     from .bench import train
 
+    refuse_suite_settings(
+        args, ("user_encoder", "loss", "seed"), "--encoders, --losses and --seeds name its runs"
+    )
     config = resolve_config(args)
     encoders = args.encoders or plugins.user_encoders().names()
     losses = args.losses or plugins.losses().names()
@@ -491,8 +529,9 @@ def cmd_bench_train(args: argparse.Namespace) -> None:
 def cmd_bench_accuracy(args: argparse.Namespace) -> None:
     from .bench import train
 
+    refuse_suite_settings(args, ("seed",), "--seeds gives every run its seed")
     config = resolve_config(args)
-    contenders = [train.contender(spec, config) for spec in args.contenders]
+    contenders = train.distinct_names([train.contender(spec, config) for spec in args.contenders])
     save = partial(write_results, args)  # after every fit: a stopped run keeps its results
     run_suite(args, lambda notify: train.run(contenders, args.seeds, notify, save))
 
@@ -500,6 +539,7 @@ def cmd_bench_accuracy(args: argparse.Namespace) -> None:
 def cmd_bench_scale_train(args: argparse.Namespace) -> None:
     from .bench import scale_train
 
+    refuse_suite_settings(args, scale_train.SETS, "it trains --steps steps on its workloads")
     config = resolve_config(args)
     config = config.replace(num_threads=config.num_threads or 1)  # per rank, recorded
     run_suite(
@@ -712,7 +752,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     add_config_flags(accuracy)
     accuracy.add_argument(
         "--contenders",
-        type=lambda text: [part for part in text.split(",") if part],
+        type=text_list,
         default=["default"],
         metavar="LIST",
         help="comma-separated: default, FILE.toml, or key=value[+key=value] over the defaults",
@@ -728,7 +768,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     add_config_flags(scale_train)
     scale_train.add_argument(
         "--workloads",
-        type=lambda text: [part for part in text.split(",") if part],
+        type=text_list,
         default=["ml-1m", "ml-10m"],
         metavar="LIST",
         help="workload shapes: ml-1m, ml-10m, ml-25m (default: ml-1m,ml-10m)",
@@ -740,7 +780,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         "--ranks", type=int_list, default=[1, 2], help="ranks to train on (default: 1,2)"
     )
     scale_train.add_argument(
-        "--workload-seed", type=int, default=0, help="seed of the synthetic data (default: 0)"
+        "--workload-seed", type=seed, default=0, help="seed of the synthetic data (default: 0)"
     )
 
     served = suite(

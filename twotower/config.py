@@ -156,4 +156,10 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise TwoTowerError(f"{path}: not valid TOML ({exc})") from None
     except OSError as exc:
         raise TwoTowerError(f"{path}: cannot read ({exc.strerror})") from None
-    return {key.replace("-", "_"): value for key, value in values.items()}
+    settings: dict[str, Any] = {}
+    for key, value in values.items():
+        name = key.replace("-", "_")
+        if name in settings:  # num-layers and num_layers: one would be dropped unseen
+            raise TwoTowerError(f"{path}: {name} is given twice (as {key!r} and spelled otherwise)")
+        settings[name] = value
+    return settings

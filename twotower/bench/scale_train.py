@@ -35,12 +35,26 @@ from typing import Any
 import numpy as np
 
 from ..config import TwoTowerConfig
+from ..data import files
 from ..errors import TwoTowerError
 from . import workloads
 from .timing import environment, stage_peak
 
 STAGES = ("read", "split", "windows", "train", "evaluate", "index")
 WARMUP = 3  # training steps before the timed ones
+
+
+# what the suite decides itself: the data (its workloads, read by the files dataset) and
+# how long it trains (``--steps``)
+SETS = (
+    "dataset",
+    *files.load.settings,
+    "data_dir",
+    "artifacts_dir",
+    "download",
+    "epochs",
+    "patience",
+)
 
 
 def configured(settings: dict[str, Any], paths: Sequence[str]) -> TwoTowerConfig:

@@ -44,12 +44,14 @@ def parse_value(text: str) -> Any:
 
 def contender(spec: str, base: TwoTowerConfig) -> Contender:
     """``default``, a TOML file, or ``key=value+key=value`` over ``base``."""
-    from ..validation import validate
+    from ..validation import check_settings, validate
 
     if spec == "default":
         return Contender(spec, base)
-    if spec.endswith(".toml"):
-        return Contender(Path(spec).stem, validate(base.replace(**read_toml(spec))))
+    if spec.endswith(".toml"):  # as fit --config reads it: checked, [extra] over --set
+        values = check_settings(read_toml(spec), where=f"{spec}: ")
+        values["extra"] = {**base.extra, **values.get("extra", {})}
+        return Contender(Path(spec).stem, validate(base.replace(**without_seed(values, spec))))
     changes = {}
     for part in spec.split("+"):
         key, sep, value = part.partition("=")
@@ -61,7 +63,27 @@ def contender(spec: str, base: TwoTowerConfig) -> Contender:
     unknown = sorted(set(changes) - set(base.to_dict()))
     if unknown:
         raise TwoTowerError(f"contender {spec!r}: unknown setting(s) {', '.join(unknown)}")
-    return Contender(spec, validate(base.replace(**changes)))
+    return Contender(spec, validate(base.replace(**without_seed(changes, spec))))
+
+
+def without_seed(changes: dict[str, Any], spec: str) -> dict[str, Any]:
+    """A contender's settings; a seed among them is refused: ``--seeds`` sets every run's."""
+    if "seed" in changes:
+        raise TwoTowerError(f"contender {spec!r} sets seed, which --seeds gives every run")
+    return changes
+
+
+def distinct_names(contenders: Sequence[Contender]) -> Sequence[Contender]:
+    """Contenders named alike would have their runs pooled into one row."""
+    seen: set[str] = set()
+    for entry in contenders:
+        if entry.name in seen:
+            raise TwoTowerError(
+                f"two contenders are named {entry.name!r}: give each a name of its own "
+                "(TOML files are named after the file)"
+            )
+        seen.add(entry.name)
+    return contenders
 
 
 def grid(base: TwoTowerConfig, encoders: Sequence[str], losses: Sequence[str]) -> list[Contender]:
