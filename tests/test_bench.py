@@ -158,6 +158,7 @@ def test_suite_lists_are_refused_empty_or_with_repeats(capsys, argv, says):
 @pytest.mark.parametrize(
     ("argv", "says"),
     [
+        (["scale", "--sizes", "10"], "--sizes 10: a catalog must hold more than the 10 items"),
         (["scale-train", "--epochs", "7"], "bench scale-train sets --epochs itself"),
         (["scale-train", "--dataset", "synthetic"], "sets --dataset itself"),
         (["train", "--user-encoder", "gru"], "bench train sets --user-encoder itself"),

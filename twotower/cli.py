@@ -501,6 +501,12 @@ def cmd_bench_serving(args: argparse.Namespace) -> None:
 def cmd_bench_scale(args: argparse.Namespace) -> None:
     from .bench import scale
 
+    if min(args.sizes) <= scale.K:
+        raise TwoTowerError(
+            f"--sizes {min(args.sizes)}: a catalog must hold more than the {scale.K} items "
+            "each query asks for, or every answer finds every item"
+        )
+
     def measure(notify: Callable[[str], None]) -> dict:
         return scale.run(args.sizes, args.queries, args.repeats, args.threads, notify=notify)
 

@@ -173,7 +173,7 @@ def check(
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        names = ", ".join(map(spell, unknown))
+        names = ", ".join(spell(name) if name else '""' for name in unknown)
         if owner:
             known = ", ".join(map(spell, fields))
             raise TwoTowerError(f"{where}unknown option(s) {names} of {owner}; known: {known}")

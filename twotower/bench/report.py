@@ -302,7 +302,7 @@ def markdown(result: dict[str, Any], suite: str) -> str:
             "before and after each server's runs (mean). Every answer is compared with it.\n\n"
             f"Targets at concurrency {targets['concurrency']}: no errors, p99 < "
             f"{targets['p99_ms']:g} ms, HTTP requests/s >= {targets['ratio']:g} x in-process: "
-            f"{verdicts}."
+            f"{verdicts or 'not measured (no run at that concurrency)'}."
         )
     elif suite == "scale":
         title = "Scale benchmark"

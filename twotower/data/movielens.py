@@ -297,8 +297,8 @@ def load(
     if folder is None:
         if not download:
             raise TwoTowerError(
-                f"MovieLens-100K not found in {data_dir} (u.data or ml-100k.inter); "
-                "allow downloading or point --data-dir at it"
+                f"MovieLens-100K not found in {data_dir} (u.data or ml-100k.inter), and "
+                "downloading is off; point --data-dir at it"
             )
         folder = fetched(data_dir, sources, notify)
     dataset = read_folder(folder)
