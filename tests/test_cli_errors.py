@@ -14,6 +14,8 @@ from helpers import error_line, run, write_interactions
 
 from twotower import artifacts, plugins
 from twotower.cli import main
+from twotower.config import read_toml
+from twotower.errors import TwoTowerError
 
 
 def only_error_line(code: int, err: str) -> str:
@@ -196,6 +198,15 @@ def test_a_setting_spelled_twice_in_toml_is_refused(capsys, tmp_path, csv):
     assert only_error_line(code, err) == (
         f"error: {toml}: num_layers is given twice (as 'num_layers' and spelled otherwise)"
     )
+
+
+def test_plugin_options_in_toml_may_be_spelled_with_dashes_as_set_takes_them(tmp_path):
+    toml = tmp_path / "run.toml"
+    toml.write_text('dataset = "synthetic"\n[extra]\nsynthetic-num-users = 50\n')
+    assert read_toml(toml)["extra"] == {"synthetic_num_users": 50}
+    toml.write_text("[extra]\nsynthetic-num-users = 50\nsynthetic_num_users = 60\n")
+    with pytest.raises(TwoTowerError, match="synthetic_num_users is given twice"):
+        read_toml(toml)
 
 
 def test_unknown_key_in_toml(capsys, tmp_path, csv):

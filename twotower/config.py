@@ -156,6 +156,14 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise TwoTowerError(f"{path}: not valid TOML ({exc})") from None
     except OSError as exc:
         raise TwoTowerError(f"{path}: cannot read ({exc.strerror})") from None
+    settings = underscored(values, path)
+    if isinstance(settings.get("extra"), dict):  # plugin options, spelled as --set takes them
+        settings["extra"] = underscored(settings["extra"], path)
+    return settings
+
+
+def underscored(values: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``values`` with dashes in keys read as underscores, as flags are."""
     settings: dict[str, Any] = {}
     for key, value in values.items():
         name = key.replace("-", "_")
