@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import tempfile
 from collections.abc import Callable
@@ -62,13 +63,14 @@ def written_by_twotower(path: Path) -> bool:
     except UnicodeDecodeError:
         return False
     if text.startswith("# "):  # Markdown: the preamble's command block
-        return "\nCommand:\n\n```bash\ntwotower " in text[:4096]
+        return re.search(r"\nCommand:\n\n```bash\ntwotower\b", text[:4096]) is not None
     try:
         result = json.loads(text)
     except json.JSONDecodeError:
         return False
     command = result.get("command") if isinstance(result, dict) else None
-    return isinstance(command, str) and command.startswith("twotower ") and "versions" in result
+    ours = isinstance(command, str) and re.match(r"twotower\b", command) is not None
+    return ours and "versions" in result
 
 
 def write_text(path: Path, text: str) -> Path:
