@@ -384,7 +384,16 @@ def test_a_compressed_tsv_is_read_tab_separated(tmp_path):
 def test_item_listed_twice_in_items_file(tmp_path):
     path = write(tmp_path / "movies.csv", "movieId,title\n1,A\n2,B\n1,C\n")
     message = message_of(files.load_items, path)
-    assert message == f"{path}: row 4: item '1' listed twice"
+    assert message == f"{path}: row 4, column 'item': item '1' listed twice"
+
+
+def test_a_bad_row_is_named_by_its_line_past_blank_lines_and_quoted_line_breaks(tmp_path):
+    text = 'user,item,timestamp\n\n1,a,1\n1,"b\nc",2\n\n1,d,x\n'
+    path = write(tmp_path / "x.csv", text)
+    message = message_of(files.load_interactions, path)
+    assert message == f"{path}: row 7, column 'timestamp': 'x' is not a number"  # line 7
+    items = write(tmp_path / "items.csv", "item,title\n\n\n1,A\n\n1,B\n")
+    assert message_of(files.load_items, items).startswith(f"{items}: row 6, column 'item'")
 
 
 # --- timestamps keep their meaning -----------------------------------------------------

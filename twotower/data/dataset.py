@@ -56,8 +56,20 @@ def to_number(values: pd.Series, column: str, source: str, row_offset: int = 2) 
     return parsed
 
 
+class BadRow(TwoTowerError):
+    """A bad value at a row of a table: one line naming the source, row and column."""
+
+    def __init__(self, source: str, row: int, column: str, problem: str):
+        super().__init__(f"{source}: row {row}, column {column!r}: {problem}")
+        self.source, self.row, self.column, self.problem = source, row, column, problem
+
+    def at(self, row: int) -> BadRow:
+        """The same problem at another row number (a file's line, say)."""
+        return BadRow(self.source, row, self.column, self.problem)
+
+
 def bad_row(source: str, row: int, column: str, problem: str) -> NoReturn:
-    raise TwoTowerError(f"{source}: row {row}, column {column!r}: {problem}")
+    raise BadRow(source, row, column, problem)
 
 
 def normalise_interactions(

@@ -7,6 +7,9 @@ are. Ids may be any strings.
 
 from __future__ import annotations
 
+import contextlib
+import csv
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import TwoTowerError
-from .dataset import Dataset, as_id, bad_row, normalise_interactions
+from .dataset import BadRow, Dataset, as_id, bad_row, normalise_interactions
 
 ALIASES = {
     "user": ("user", "user_id", "userId", "userid", "UserID"),
@@ -138,7 +141,41 @@ def load_interactions(
     )
     picked = pd.DataFrame({role: frame[col] for role, col in columns.items() if col is not None})
     has_rating = columns["rating"] is not None
-    return normalise_interactions(picked, str(path), has_rating, row_offset=first_row(path))
+    with rows_as_lines(path):
+        return normalise_interactions(picked, str(path), has_rating, row_offset=first_row(path))
+
+
+@contextlib.contextmanager
+def rows_as_lines(path: Path) -> Iterator[None]:
+    """A bad row of a CSV reported at its line: pandas counts records, which blank lines
+    and quoted fields spanning lines set apart from the lines an editor shows. The file
+    is scanned only when a row is bad."""
+    try:
+        yield
+    except BadRow as bad:
+        line = None if is_parquet(path) else line_of_record(path, bad.row - first_row(path))
+        if line is None:
+            raise
+        raise bad.at(line) from None
+
+
+def line_of_record(path: Path, record: int) -> int | None:
+    """The line where data record ``record`` (0 = the one after the header) starts, as
+    pandas reads the file (blank lines skipped); None for a compressed file."""
+    if kind_suffix(path) != path.suffix.lower():
+        return None
+    delimiter = "\t" if kind_suffix(path) in (".tsv", ".tab") else ","
+    with path.open(encoding="utf-8-sig", newline="") as text:
+        reader = csv.reader(text, delimiter=delimiter)
+        seen, previous = -1, 0  # the header is record -1
+        for row in reader:
+            start, previous = previous + 1, reader.line_num
+            if not row:  # a blank line
+                continue
+            if seen == record:
+                return start
+            seen += 1
+    return None
 
 
 def load_items(
@@ -156,21 +193,22 @@ def load_items(
         },
         path,
     ).values()
-    items = pd.DataFrame({"item": as_id(frame[item], "item", str(path), first_row(path))})
-    items["title"] = frame[title].fillna("").astype(str) if title else items["item"]
-    if genres:
-        start = first_row(path)
-        items["genres"] = [
-            _split_genres(value, path, start + position)
-            for position, value in enumerate(frame[genres])
-        ]
-    else:
-        items["genres"] = [[] for _ in range(len(items))]
-    duplicated = items["item"].duplicated()
-    if duplicated.any():
-        position = int(duplicated.to_numpy().nonzero()[0][0])
-        row = position + first_row(path)
-        raise TwoTowerError(f"{path}: row {row}: item {items['item'][position]!r} listed twice")
+    with rows_as_lines(path):
+        items = pd.DataFrame({"item": as_id(frame[item], "item", str(path), first_row(path))})
+        items["title"] = frame[title].fillna("").astype(str) if title else items["item"]
+        if genres:
+            start = first_row(path)
+            items["genres"] = [
+                _split_genres(value, path, start + position)
+                for position, value in enumerate(frame[genres])
+            ]
+        else:
+            items["genres"] = [[] for _ in range(len(items))]
+        duplicated = items["item"].duplicated()
+        if duplicated.any():
+            position = int(duplicated.to_numpy().nonzero()[0][0])
+            problem = f"item {items['item'][position]!r} listed twice"
+            bad_row(str(path), position + first_row(path), "item", problem)
     return items
 
 
