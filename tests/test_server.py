@@ -552,8 +552,9 @@ def test_reload_under_traffic_loses_no_request(bundle, bundle_b, tmp_path):
         try:
             answered()
             assert server.client.post("/admin/reload").status_code == 403  # no token
-            wrong = {"authorization": "Bearer nope"}
-            assert server.client.post("/admin/reload", headers=wrong).status_code == 403
+            for wrong in ("Bearer nope", f"Basic {TOKEN}", TOKEN, f"Bearer{TOKEN}"):
+                answer = server.client.post("/admin/reload", headers={"authorization": wrong})
+                assert answer.status_code == 403, wrong
 
             replace_folder(served_folder, bundle_b)
             reloaded = server.client.post("/admin/reload", headers=headers)
@@ -562,6 +563,9 @@ def test_reload_under_traffic_loses_no_request(bundle, bundle_b, tmp_path):
             assert reloaded.json()["current"]["version"] == b
             assert ready_version() == b
             answered()
+
+            lower = {"authorization": f"bearer {TOKEN}"}  # the scheme in any case
+            assert server.client.post("/admin/reload", headers=lower).status_code == 200
 
             replace_folder(served_folder, bundle)
             os.kill(server.process.pid, signal.SIGHUP)
@@ -589,7 +593,7 @@ def test_reload_under_traffic_loses_no_request(bundle, bundle_b, tmp_path):
         assert failures == []
         assert {a, b} <= set(seen)
         metrics = server.client.get("/metrics").text
-        assert metric(metrics, "twotower_bundle_reloads_total", outcome="ok") == 2
+        assert metric(metrics, "twotower_bundle_reloads_total", outcome="ok") == 3
         assert metric(metrics, "twotower_bundle_info", version=a) == 1
         assert metric(metrics, "twotower_bundle_info", version=b) == 0
         assert server.process.poll() is None

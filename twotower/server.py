@@ -579,8 +579,9 @@ def create_app(
     )
     async def admin_reload(request: Request) -> Response:
         if admin_token is not None:
-            given = request.headers.get("authorization", "").encode()
-            if not hmac.compare_digest(given, f"Bearer {admin_token}".encode()):
+            scheme, _, given = request.headers.get("authorization", "").partition(" ")
+            bearer = scheme.lower() == "bearer"  # schemes are case-insensitive (RFC 9110)
+            if not (hmac.compare_digest(given.strip().encode(), admin_token.encode()) and bearer):
                 raise Problem(403, "reloading needs the admin token: Authorization: Bearer TOKEN")
         elif not loopback(request):
             raise Problem(403, "reloading is allowed from loopback only (or with a token)")
