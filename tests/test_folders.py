@@ -72,6 +72,20 @@ def test_fit_refuses_a_folder_holding_files_it_did_not_write(capsys, tmp_path, f
     assert line.startswith(f"error: {artifacts_dir} holds files twotower did not write (notes.txt)")
 
 
+def test_no_folder_is_written_inside_a_twotower_folder(capsys, tmp_path, folders):
+    """Its manifest lists every file: one more folder in it breaks its checksum check."""
+    artifacts_dir, bundle = folders
+    other = Path(shutil.copytree(artifacts_dir, tmp_path / "other"))
+    before = snapshot(tmp_path)
+    export = ["export", "--artifacts-dir", artifacts_dir, "--out", other / "mybundle"]
+    assert refused(capsys, tmp_path, *export).startswith(
+        f"error: {other / 'mybundle'} is inside {other}, a twotower folder whose manifest"
+    )
+    argv = synthetic_fit(tmp_path / "data", "--artifacts-dir", bundle / "runs" / "run")
+    assert f"is inside {bundle}, a twotower folder" in refused(capsys, tmp_path, *argv)
+    assert snapshot(tmp_path) == before
+
+
 def test_a_folder_holding_another_program_s_manifest_is_not_replaced(capsys, tmp_path, folders):
     """A ``manifest.json`` without twotower's ``kind`` (a web app's, say) is not format 1."""
     artifacts_dir, _ = folders

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -282,7 +283,7 @@ def test_bad_requests(bundles, users, retriever):
             bundle.recommend(users[0], exclude_seen=flag)
 
 
-@pytest.mark.parametrize("threads", [0, -1, None, 1.5, True])
+@pytest.mark.parametrize("threads", [0, -1, None, 1.5, True, 1025])
 def test_a_thread_count_below_one_or_not_whole_is_refused(
     exported_bundle, fitted_artifacts, threads
 ):
@@ -291,7 +292,7 @@ def test_a_thread_count_below_one_or_not_whole_is_refused(
         lambda: load(fitted_artifacts, threads=threads),
     ):
         with pytest.raises(
-            TwoTowerError, match=f"threads must be a whole number >= 1, not {threads!r}"
+            TwoTowerError, match=f"threads must be a whole number from 1 to 1024, not {threads!r}"
         ):
             load_folder()
 
@@ -308,6 +309,22 @@ def test_request_edges(bundles, recommender, users, retriever):
         bundle.recommend_history("50")  # not the items '5' and '0'
     with pytest.raises(TwoTowerError, match="user_ids must be a list of ids, not str"):
         bundle.recommend_batch(users[0])
+
+
+def test_arguments_of_another_type_are_refused_in_one_line(recommender, users, bundle_dir):
+    item = recommender.item_ids[0]
+    calls = [
+        (lambda: recommender.recommend_history({item}), "item_ids must be a list of ids, not set"),
+        (lambda: recommender.recommend_batch({users[0]: 1}), "user_ids must be a list of ids"),
+        (lambda: recommender.recommend(users[0], retriever=["hnsw"]), "retriever must be a"),
+        (lambda: recommender.recommend(users[0], retriever=""), "retriever must be a"),
+        (lambda: load_bundle(bundle_dir, retriever=0), "retriever must be a retriever's name"),
+        (lambda: load(None), "expected the path of a folder, not NoneType None"),
+        (lambda: load_bundle(None), "expected the path of a folder, not NoneType None"),
+    ]
+    for call, says in calls:
+        with pytest.raises(TwoTowerError, match=re.escape(says)):
+            call()
 
 
 def test_pytorch_path_takes_the_same_requests(recommender, users):

@@ -183,3 +183,27 @@ def test_bench_counts_must_be_positive(capsys, flag):
         main(["bench", "scale", flag, "0"])
     assert exit_info.value.code == 2
     assert "expected" in capsys.readouterr().err
+
+
+def test_the_api_refuses_what_is_not_a_config_or_a_bool_in_one_line(tmp_path):
+    for config, says in (
+        ({"dataset": "synthetic"}, "expected a TwoTowerConfig, not dict"),
+        (None, "expected a TwoTowerConfig, not NoneType"),
+        (TwoTowerConfig(extra={1: 2}), "plugin option names are strings, not 1"),
+    ):
+        with pytest.raises(TwoTowerError, match=says):
+            fit(config, progress=False)
+    config = TwoTowerConfig(dataset="synthetic", artifacts_dir=str(tmp_path / "a"))
+    with pytest.raises(TwoTowerError, match="progress must be True or False, not 'no'"):
+        fit(config, progress="no")
+    assert not (tmp_path / "a").exists()
+
+
+def test_numpy_scalars_count_as_the_numbers_they_hold():
+    import numpy as np
+
+    config = validate(
+        TwoTowerConfig(embedding_dim=np.int64(32), lr=np.float32(0.5), normalize=np.bool_(True))
+    )
+    assert (config.embedding_dim, config.lr, config.normalize) == (32, 0.5, True)
+    assert type(config.embedding_dim) is int and type(config.lr) is float

@@ -99,6 +99,8 @@ def fit(config: TwoTowerConfig, progress: bool = True) -> FitResult:
     """
     started = time.perf_counter()
     config = validate(config)
+    if not isinstance(progress, bool):  # "no" would be taken as true
+        raise TwoTowerError(f"progress must be True or False, not {progress!r}")
     check_device(config.device)
     target = config.resolved_artifacts_dir
     with distributed.session(config.device) as context, contextlib.ExitStack() as stack:
@@ -212,7 +214,7 @@ def load(artifacts_dir: str | Path, retriever: str | None = None, threads: int =
     defaults to the fit's ``retriever`` setting, the user tower computes on
     ``threads`` threads; ``recommender.towers.model`` is the ``TwoTowerModel``.
     """
-    folder = Path(artifacts_dir)
+    folder = files.folder_path(artifacts_dir)
     threads = check_threads(threads)
     manifest = files.read_manifest(folder)
     config = saved_config(folder)

@@ -180,6 +180,28 @@ def read_manifest_json(path: Path) -> Any:
         raise TwoTowerError(f"{path} is corrupted ({exc})") from None
 
 
+def folder_path(path: Any) -> Path:
+    """A folder argument of the API as a ``Path`` (``str`` or path-like only)."""
+    if not isinstance(path, str | os.PathLike):
+        raise TwoTowerError(f"expected the path of a folder, not {type(path).__name__} {path!r}")
+    return Path(path)
+
+
+def twotower_folder_above(target: Path) -> Path | None:
+    """The nearest folder around ``target`` that is a twotower folder (its manifest names
+    a kind), or None: a folder written into one would break its checksummed listing."""
+    for folder in Path(os.path.abspath(target)).parents:
+        path = folder / MANIFEST
+        if path.is_file():
+            try:
+                manifest = read_manifest_json(path)
+            except (TwoTowerError, OSError):
+                continue
+            if isinstance(manifest, dict) and folder_kind(manifest) is not None:
+                return folder
+    return None
+
+
 def folder_kind(manifest: dict[str, Any]) -> Kind | None:
     """The kind a manifest declares, or None for another program's ``manifest.json``.
 
@@ -220,6 +242,12 @@ def check_target(target: Path, kind: Kind, reads: Sequence[Path]) -> None:
                 f"{target} would overwrite {source}, which this command reads; "
                 "choose another folder"
             )
+    holder = twotower_folder_above(target)
+    if holder is not None:
+        raise TwoTowerError(
+            f"{target} is inside {holder}, a twotower folder whose manifest lists every file "
+            "it holds; choose a folder outside it"
+        )
     if not target.exists():
         return
     if not target.is_dir():

@@ -21,6 +21,7 @@ from .schema import check
 
 # where a machine finds its files and how many threads it runs: these may differ between
 # the machines of one distributed run (the data read is compared by its content)
+MAX_THREADS = 1024  # far more threads than cores exhaust the process (libgomp aborts it)
 MACHINE_SETTINGS = ("data_dir", "artifacts_dir", "interactions", "items", "download", "num_threads")
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import numbers
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ import numpy as np
 
 from . import artifacts as files
 from . import plugins
-from .config import TwoTowerConfig
+from .config import MAX_THREADS, TwoTowerConfig
 from .contracts import Retriever, Towers, capability
 from .data.padding import pad_left
 from .errors import TwoTowerError, refused_as
@@ -112,7 +113,7 @@ class Recommender:
                 f"{files.ITEMS} {len(self.items)} items, but {files.MAPPINGS} lists "
                 f"{len(self.item_ids)}: the files are not from one fit"
             )
-        self.default_retriever = retriever or config.retriever
+        self.default_retriever = config.retriever if retriever is None else retriever
         self._retrievers: dict[str, Retriever] = {}
         self._opening = threading.Lock()
         self.retriever()  # a bad name or index fails now, not at the first query
@@ -130,7 +131,9 @@ class Recommender:
 
     def retriever(self, name: str | None = None) -> Retriever:
         """The named retriever (the default one when None), opened on first use."""
-        name = name or self.default_retriever
+        name = self.default_retriever if name is None else name
+        if not (isinstance(name, str) and name):
+            raise TwoTowerError(f"retriever must be a retriever's name, not {name!r}")
         index = self._retrievers.get(name)
         if index is None:
             with self._opening:
@@ -519,16 +522,22 @@ def check_k(k: int, catalog_size: int) -> int:
 
 
 def check_threads(threads: Any) -> int:
-    """A thread count is a whole number >= 1: runtimes read 0 or None each their own way
-    (onnxruntime: every core; torch: unchanged or an error), so neither is passed on."""
-    if not isinstance(threads, numbers.Integral) or isinstance(threads, bool) or threads < 1:
-        raise TwoTowerError(f"threads must be a whole number >= 1, not {threads!r}")
+    """A thread count is a whole number from 1 to ``MAX_THREADS``: runtimes read 0 or None
+    each their own way (onnxruntime: every core; torch: unchanged or an error), and
+    thousands of threads abort the process."""
+    whole = isinstance(threads, numbers.Integral) and not isinstance(threads, bool)
+    if not whole or not 1 <= threads <= MAX_THREADS:
+        raise TwoTowerError(
+            f"threads must be a whole number from 1 to {MAX_THREADS}, not {threads!r}"
+        )
     return int(threads)
 
 
 def id_list(ids: Any, what: str) -> list[str]:
-    """Raw ids as strings; a single string is refused, not read as a list of characters."""
-    if isinstance(ids, str | bytes) or not isinstance(ids, Iterable):
+    """Raw ids as strings, in order; a single string is refused (not read as a list of
+    characters), and so is a set or a mapping: their order is arbitrary, and a history's
+    order, like a batch's, is part of the answer."""
+    if isinstance(ids, str | bytes | AbstractSet | Mapping) or not isinstance(ids, Iterable):
         raise TwoTowerError(f"{what} must be a list of ids, not {type(ids).__name__} {ids!r}")
     return [str(i) for i in ids]
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
+import numpy as np
+
 from .errors import TwoTowerError
 
 Spell = Callable[[str], str]  # field name -> how a message names it (a flag, a key)
@@ -108,8 +110,10 @@ def conform(value: Any, annotation: Any) -> tuple[bool, Any]:
 
     Booleans are not numbers here, an integer is a fine float, and floats
     must be finite: NaN compares false with everything and would slip past
-    every range.
+    every range. A numpy scalar counts as the Python value it holds.
     """
+    if isinstance(value, np.generic):
+        value = value.item()
     for member in _members(annotation):
         origin = typing.get_origin(member) or member
         if member is Any or (member is type(None) and value is None):

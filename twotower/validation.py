@@ -24,7 +24,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from . import plugins
-from .config import TwoTowerConfig
+from .config import MAX_THREADS, TwoTowerConfig
 from .contracts import capability
 from .errors import TwoTowerError
 from .schema import Allowed, at_least, between, check, one_of, positive
@@ -61,7 +61,7 @@ RULES: dict[str, Allowed] = {
     "epochs": at_least(1),
     "patience": at_least(1),
     "seed": between(0, 2**32 - 1),  # numpy's seed range
-    "num_threads": between(1, 1024),  # far more threads than cores exhaust the process
+    "num_threads": between(1, MAX_THREADS),
     "k_eval": at_least(1),
 }
 
@@ -73,6 +73,11 @@ def check_settings(values: Mapping[str, Any], where: str = "") -> dict[str, Any]
 
 def validate(config: TwoTowerConfig) -> TwoTowerConfig:
     """Check every setting of ``config`` and how they combine; return it with typed values."""
+    if not isinstance(config, TwoTowerConfig):
+        raise TwoTowerError(
+            f"expected a TwoTowerConfig, not {type(config).__name__} "
+            "(TwoTowerConfig.from_dict reads a dict)"
+        )
     values = check_settings(dataclasses.asdict(config))
     config = dataclasses.replace(config, **values)
     if config.min_temperature > config.max_temperature:
@@ -169,6 +174,8 @@ def check_plugin_options(config: TwoTowerConfig) -> None:
         return f"{plugins.KINDS[kind][1]} {name!r}"
 
     for key in config.extra:
+        if not isinstance(key, str):
+            raise TwoTowerError(f"plugin option names are strings, not {key!r}")
         if key in core:
             raise TwoTowerError(
                 f"--set {key}: {key} is a run setting of its own; use --{key.replace('_', '-')}"

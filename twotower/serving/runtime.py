@@ -20,7 +20,7 @@ def load_bundle(path: str | Path, retriever: str | None = None, threads: int = 1
     ``threads`` threads. Neither loading nor answering imports torch (for
     the onnx format and the built-in retrievers).
     """
-    folder = Path(path)
+    folder = files.folder_path(path)
     threads = check_threads(threads)
     manifest = files.read_manifest(folder, "bundle")
     towers = load_towers(folder, manifest, threads)
