@@ -300,6 +300,8 @@ def test_onnx_graphs_check_and_take_positional_tensors(workspace):
     layers = workspace.recommender(ONNX_ENCODER).config.num_layers
     assert operators.count("Attention") == layers
     assert "Transpose" not in operators
+    # history items are rows of one table: no per-item gather of genres and product
+    assert "GatherND" not in operators
     batch, length = symbols["history"]
     assert symbols["user_ids"] == [batch]
     assert symbols["history_mask"] == [batch, length]

@@ -8,6 +8,7 @@ import torch
 from twotower import plugins
 from twotower.config import TwoTowerConfig
 from twotower.data.padding import pad_left
+from twotower.export.towers import towers
 from twotower.towers.dropout import Dropout
 from twotower.towers.model import TwoTowerModel
 from twotower.towers.runtime import ModelTowers, TorchTowers
@@ -88,6 +89,28 @@ def test_an_item_is_its_id_embedding_plus_its_genres_in_both_towers():
         assert torch.allclose(encode(model, [1], history)[0], expected, atol=1e-6)
         embedding.item_genres[2, 2] = 1.0  # give item 2 another genre: both towers see it
         assert torch.allclose(encode(model, [1], history)[0], expected + genres[2] / 2, atol=1e-6)
+
+
+@pytest.mark.parametrize("encoder", ENCODERS)
+def test_exported_towers_read_items_from_one_frozen_table_and_leave_the_model_alone(encoder):
+    model = make_model(encoder).eval()
+    trained = model.item_tower.item_embedding
+    user_tower, item_tower = towers(model)
+    table = item_tower.tower.item_embedding
+    # one lookup table, shared by both graphs as the model shares its embedding
+    assert isinstance(table, torch.nn.Embedding) and not table.weight.requires_grad
+    assert user_tower.encoder.item_embedding is table
+    assert model.item_tower.item_embedding is trained and model.user_tower.item_embedding is trained
+    assert trained.ids.weight.requires_grad  # the model still trains
+    ids, mask = pad_left(HISTORIES, model.max_history_len)
+    users, items = [1, 2, 0], torch.arange(21)
+    with torch.no_grad():
+        torch.testing.assert_close(table.weight, trained(items), atol=0.0, rtol=0.0)
+        torch.testing.assert_close(item_tower(items), model.encode_items(items))
+        torch.testing.assert_close(
+            user_tower(torch.tensor(users), torch.as_tensor(ids), torch.as_tensor(mask)),
+            encode(model, users, HISTORIES),
+        )
 
 
 def test_temperature_is_clamped():

@@ -35,9 +35,11 @@ class UserEncoder(Protocol):
     ``config`` is the run's ``TwoTowerConfig``; ``item_embedding`` is the module
     shared with the item tower that maps item indexes ``[...]`` to
     ``[..., embedding_dim]`` (the item's ID embedding plus its content; index 0
-    is the padding item and maps to zeros); ``num_users`` counts the known
-    users (user index 0 is the unknown user). It must export to ONNX with a
-    dynamic batch and history length: no Python control flow on tensor values.
+    is the padding item and maps to zeros): call it and read its
+    ``embedding_dim``, nothing else, since exports replace it by an equal
+    lookup table. ``num_users`` counts the known users (user index 0 is the
+    unknown user). It must export to ONNX with a dynamic batch and history
+    length: no Python control flow on tensor values.
     """
 
     def __init__(self, config: TwoTowerConfig, item_embedding: nn.Module, num_users: int): ...

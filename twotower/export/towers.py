@@ -3,9 +3,18 @@
 ``UserTower(user_ids[B] int64, history[B, L] int64, history_mask[B, L] bool)
 -> user_vectors[B, d] float32`` and ``ItemTower(item_ids[N] int64) ->
 item_vectors[N, d] float32``: the same signature as the Python model, no dicts.
+
+Graphs are exported from a copy of the model in which every module that offers
+``frozen()`` is replaced by what it returns: the same function of its inputs,
+cheaper to run once training is over. The item embedding is one: in a graph it
+is a single lookup table (the ID rows plus their genre sums, computed once)
+instead of a lookup, a gather of genre rows and a matrix product per history
+item.
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 from torch import nn
@@ -37,8 +46,22 @@ class ItemTower(nn.Module):
 
 
 def towers(model) -> tuple[UserTower, ItemTower]:
-    model = model.eval()
+    """The two graphs' modules, over a frozen copy of ``model`` (``model`` is untouched)."""
+    model = frozen(copy.deepcopy(model).eval())
     return UserTower(model).eval(), ItemTower(model).eval()
+
+
+def frozen(module: nn.Module) -> nn.Module:
+    """``module`` with each submodule that offers ``frozen()`` replaced by its result, in
+    place; a submodule shared by several parents stays one module shared by them."""
+    replacements: dict[int, nn.Module] = {}
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if callable(getattr(child, "frozen", None)):
+                if id(child) not in replacements:
+                    replacements[id(child)] = child.frozen().eval()
+                setattr(parent, name, replacements[id(child)])
+    return module
 
 
 def example_inputs(model, batch: int = 3, length: int = 4):
