@@ -386,6 +386,8 @@ ERRORS = [
     ("GET", "/v1/users/{user}/recommendations?k=1_0", None, 422, "not '1_0'"),
     ("GET", "/v1/users/{user}/recommendations?k=%20%202", None, 422, "not '  2'"),
     ("GET", "/v1/users/{user}/recommendations?k=%D9%A3", None, 422, "an integer, not"),
+    ("GET", "/v1/users/{user}/recommendations?K=5", None, 422, "unknown query parameter 'K'"),
+    ("GET", "/v1/users/{user}/recommendations?k=3&k=4", None, 422, "'k' given more than once"),
     ("GET", "/no/such/path", None, 404, "Not Found"),
     ("DELETE", "/v1/items/{item}", None, 405, "Method Not Allowed"),
 ]

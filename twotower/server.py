@@ -31,7 +31,7 @@ import signal
 import socket
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -172,6 +172,21 @@ def boolean(text: str, name: str) -> bool:
     if text.lower() not in value:
         raise Problem(422, f"{name}: expected true or false, not {text!r}")
     return value[text.lower()]
+
+
+def query_values(pairs: Sequence[tuple[str, str]], names: Sequence[str]) -> dict[str, str]:
+    """The query's values by name: a name the endpoint does not take (``?K=5``), or one
+    given twice, would otherwise be ignored or overruled in silence."""
+    values: dict[str, str] = {}
+    for name, value in pairs:
+        if name not in names:
+            raise Problem(
+                422, f"unknown query parameter {name!r}: this endpoint takes {', '.join(names)}"
+            )
+        if name in values:
+            raise Problem(422, f"query parameter {name!r} given more than once")
+        values[name] = value
+    return values
 
 
 def user_parameters(limits: Limits) -> dict[str, Any]:
@@ -361,7 +376,7 @@ class FastLane:
 
     Measured in-process on the ML-100K bundle, the app added 0.31 ms to a 0.83 ms
     ``recommend`` through FastAPI's routing and parameter solving, 0.19 ms through this
-    lane. ``respond(user_id, query)`` is the very function the FastAPI route calls (it
+    lane. ``respond(user_id, query pairs)`` is the very function the FastAPI route calls (it
     stays for /docs, and for the methods this lane leaves alone).
     """
 
@@ -375,7 +390,7 @@ class FastLane:
         if found is None or scope["method"] != "GET":
             return await self.app(scope, receive, send)
         scope["route"] = self.route  # what the metrics label it with
-        query = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
+        query = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
         try:
             response = self.respond(found.group(1), query)
         except Problem as problem:
@@ -490,8 +505,9 @@ def create_app(
         if unknown:
             raise Problem(404, f"unknown item id(s): {', '.join(map(repr, unknown[:5]))}")
 
-    def user_answer(user_id: str, query: Mapping[str, str]) -> Response:
+    def user_answer(user_id: str, pairs: Sequence[tuple[str, str]]) -> Response:
         loaded = live.current  # this request's bundle, whatever a reload does meanwhile
+        query = query_values(pairs, ("k", "exclude_seen"))
         k = checked_k(integer(query.get("k", "10"), "k"))
         exclude_seen = boolean(query.get("exclude_seen", "true"), "exclude_seen")
         known_users(loaded, [user_id])
@@ -506,7 +522,7 @@ def create_app(
         openapi_extra=user_parameters(limits),  # read by `user_answer`, not by FastAPI
     )
     async def user_recommendations(request: Request) -> Response:
-        return user_answer(request.path_params["user_id"], request.query_params)
+        return user_answer(request.path_params["user_id"], request.query_params.multi_items())
 
     @app.post(
         "/v1/recommendations",
