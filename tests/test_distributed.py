@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -245,8 +247,117 @@ def test_a_rank_without_a_gpu_of_its_own_is_refused_in_words(monkeypatch):
         "RANK": local_rank,
         "LOCAL_RANK": local_rank,
         "WORLD_SIZE": local_rank + 1,
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": free_port(),
     }.items():
         monkeypatch.setenv(name, str(value))
     refused = pytest.raises(twotower.TwoTowerError, match=f"local rank {local_rank} finds")
     with refused, distributed.session("cuda"):
         pass
+
+
+# --- a launch environment that is partial, invalid, waiting or losing a rank -------------
+
+LAUNCH = {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+
+
+@pytest.mark.parametrize(
+    ("changes", "said"),
+    [
+        ({"RANK": None, "MASTER_ADDR": None, "MASTER_PORT": None}, "lacks RANK, MASTER_ADDR"),
+        ({"WORLD_SIZE": None}, "(RANK='0') but lacks WORLD_SIZE: start every rank with torchrun"),
+        ({"RANK": "x"}, "RANK must be a whole number, not 'x'"),
+        ({"LOCAL_RANK": "-1"}, "LOCAL_RANK must be a whole number, not '-1'"),
+        ({"RANK": "2"}, "RANK=2 is not below WORLD_SIZE=2"),
+        ({"MASTER_PORT": "99999"}, "MASTER_PORT must be a port from 1 to 65535, not 99999"),
+        ({"MASTER_ADDR": ""}, "lacks MASTER_ADDR"),
+    ],
+)
+def test_a_partial_or_invalid_launch_environment_is_refused_in_words(monkeypatch, changes, said):
+    """A RANK or WORLD_SIZE left in a shell must not make a plain fit fail inside torch."""
+    for name, value in {**LAUNCH, **changes}.items():
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    with pytest.raises(twotower.TwoTowerError, match=re.escape(said)):
+        distributed.launch()
+    with pytest.raises(twotower.TwoTowerError, match=re.escape(said)):
+        distributed.is_main_process()
+
+
+def test_outside_a_launch_the_process_is_the_main_one(monkeypatch):
+    for name in LAUNCH:
+        monkeypatch.delenv(name, raising=False)
+    assert distributed.launch() is None and distributed.is_main_process()
+    for name, value in {**LAUNCH, "RANK": "1", "LOCAL_RANK": "1"}.items():
+        monkeypatch.setenv(name, value)
+    assert distributed.launch() == distributed.Launch(1, 2, 1, "127.0.0.1:29500")
+    assert not distributed.is_main_process()
+
+
+WAITING_RANK = """
+import sys
+from twotower import cli, distributed
+distributed.WAITING_NOTICE_S = 0.2
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_a_rank_waiting_for_the_others_says_so_and_stops_on_sigterm(tmp_path):
+    """Blocked in the rendezvous a process takes no signal; the wait must not be."""
+    variables = {**LAUNCH, "MASTER_PORT": free_port()}
+    rank = subprocess.Popen(
+        [sys.executable, "-c", WAITING_RANK, *fit_argv(tmp_path)],
+        env=environment(**variables),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    notice = f"rank 0 of 2: waiting at 127.0.0.1:{variables['MASTER_PORT']} for the other ranks"
+    lines = []
+    for line in rank.stderr:  # the notice comes once the rank is in the rendezvous
+        lines.append(line)
+        if notice in line:
+            break
+    assert any(notice in line for line in lines), lines
+    rank.send_signal(signal.SIGTERM)
+    _, err = rank.communicate(timeout=30)
+    assert rank.returncode == 128 + signal.SIGTERM and "terminated" in err, err[-2000:]
+    assert not list(tmp_path.rglob("*artifacts*"))
+
+
+LOSING_RANK = """
+import os
+import torch
+import torch.distributed as dist
+from twotower import distributed
+from twotower.errors import TwoTowerError
+try:
+    with distributed.session("cpu") as context:
+        if context.rank == 1:
+            os._exit(3)  # gone without a word, as a killed rank is
+        dist.all_reduce(torch.ones(4), group=context.group)
+        dist.all_reduce(torch.ones(4), group=context.group)
+except TwoTowerError as exc:
+    print(exc)
+"""
+
+
+def test_a_rank_that_loses_a_peer_mid_collective_says_so_in_one_line():
+    port = free_port()
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, "-c", LOSING_RANK],
+            env=environment(**{**LAUNCH, "RANK": rank, "MASTER_PORT": port}),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    (out, err), _ = [rank.communicate(timeout=120) for rank in ranks]
+    assert ranks[1].returncode == 3
+    assert ranks[0].returncode == 0, err[-2000:]
+    assert out.startswith("rank 0 of 2 stopped: a collective failed ("), out
+    assert "another rank has most likely stopped or failed" in out and out.count("\n") == 1

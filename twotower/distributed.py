@@ -21,6 +21,8 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
+import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -29,19 +31,70 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .errors import TwoTowerError
+from .errors import TwoTowerError, reason
 
 T = TypeVar("T")
 
 
+GROUP_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")  # what every rank needs
+WAITING_NOTICE_S = 10.0  # a rank still waiting for the others after this long says so
+
+
+@dataclass(frozen=True)
+class Launch:
+    """The group the environment describes (torchrun, or a launcher that sets the same)."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    address: str  # MASTER_ADDR:MASTER_PORT, where the ranks meet
+
+
+def launch() -> Launch | None:
+    """The group this process is a rank of, or None outside one.
+
+    A description torch would fail on deep inside (a missing or non-numeric
+    variable, a rank outside the world) is refused in words: a ``RANK`` or
+    ``WORLD_SIZE`` left over in a shell otherwise makes a plain ``twotower
+    fit`` fail with a traceback, or wait for ranks nobody started.
+    """
+    given = [name for name in ("RANK", "WORLD_SIZE") if name in os.environ]
+    if not given:
+        return None
+    described = ", ".join(f"{name}={os.environ[name]!r}" for name in given)
+    missing = [name for name in GROUP_VARIABLES if not os.environ.get(name)]
+    if missing:
+        raise TwoTowerError(
+            f"the environment describes a torch.distributed launch ({described}) but lacks "
+            f"{', '.join(missing)}: start every rank with torchrun, or unset "
+            f"{' and '.join(given)} to train in one process"
+        )
+    rank, world_size = whole("RANK"), whole("WORLD_SIZE")
+    local_rank, port = whole("LOCAL_RANK", "0"), whole("MASTER_PORT")
+    if not rank < world_size:
+        raise TwoTowerError(f"RANK={rank} is not below WORLD_SIZE={world_size}")
+    if not 1 <= port <= 65535:
+        raise TwoTowerError(f"MASTER_PORT must be a port from 1 to 65535, not {port}")
+    return Launch(rank, world_size, local_rank, f"{os.environ['MASTER_ADDR']}:{port}")
+
+
+def whole(name: str, default: str | None = None) -> int:
+    """Environment variable ``name`` as a whole number >= 0 (``default`` when unset)."""
+    text = os.environ.get(name, default)
+    if text is None or not (text.isascii() and text.isdigit()):
+        raise TwoTowerError(f"{name} must be a whole number, not {text!r}")
+    return int(text)
+
+
 def launched() -> bool:
     """Whether this process is one rank of a group torchrun (or another launcher) started."""
-    return "WORLD_SIZE" in os.environ
+    return launch() is not None
 
 
 def is_main_process() -> bool:
     """Rank 0, or the only process: the one that prints and writes (known before any setup)."""
-    return int(os.environ.get("RANK", "0")) == 0
+    group = launch()
+    return group is None or group.rank == 0
 
 
 @dataclass(frozen=True)
@@ -84,21 +137,69 @@ def session(device: str) -> Iterator[Context]:
     never interleave with the gradient all-reduces DistributedDataParallel
     launches on the default group during the same backward pass.
     """
-    if not launched():
+    group = launch()
+    if group is None:
         yield SINGLE
         return
-    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.device(device).type == "cuda":
-        backend, where = "nccl", own_gpu(local_rank)
+        backend, where = "nccl", own_gpu(group.local_rank)
         torch.cuda.set_device(where)
     else:
         backend, where = "gloo", torch.device("cpu")
-    dist.init_process_group(backend)
+    join(backend, group)
     try:
-        yield Context(rank, world_size, where, dist.new_group(backend=backend))
+        yield Context(group.rank, group.world_size, where, dist.new_group(backend=backend))
+    except RuntimeError as exc:
+        if not lost_peer(exc):
+            raise
+        raise TwoTowerError(
+            f"rank {group.rank} of {group.world_size} stopped: a collective failed "
+            f"({reason(exc)[:300]}); another rank has most likely stopped or failed, and "
+            "its own output says why"
+        ) from exc
     finally:
         dist.destroy_process_group()
+
+
+def join(backend: str, group: Launch) -> None:
+    """``init_process_group``, waited for from this thread while another one blocks in it.
+
+    The rendezvous waits for every rank; blocked in it, a process takes no
+    Ctrl-C or SIGTERM. Waiting here keeps both working, and a rank still
+    waiting after ``WAITING_NOTICE_S`` says for what. (The waiting thread is
+    a daemon: a process stopped meanwhile does not wait for it.)
+    """
+    failure: list[BaseException] = []
+
+    def initialise() -> None:
+        try:
+            dist.init_process_group(backend)
+        except BaseException as exc:  # handed to the main thread, which raises it
+            failure.append(exc)
+
+    worker = threading.Thread(target=initialise, name="twotower-rendezvous", daemon=True)
+    worker.start()
+    worker.join(WAITING_NOTICE_S)
+    if worker.is_alive():
+        print(
+            f"rank {group.rank} of {group.world_size}: waiting at {group.address} for the "
+            "other ranks (every rank must be started, with the same MASTER_ADDR and "
+            "MASTER_PORT)",
+            file=sys.stderr,
+            flush=True,
+        )
+    while worker.is_alive():
+        worker.join(0.5)
+    if failure:
+        raise failure[0]
+
+
+def lost_peer(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective failing because the other side went away."""
+    text = str(exc)
+    return isinstance(exc, dist.DistError) or any(
+        marker in text for marker in ("gloo", "NCCL", "Connection reset", "Connection closed")
+    )
 
 
 def own_gpu(local_rank: int) -> torch.device:
