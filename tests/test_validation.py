@@ -45,6 +45,8 @@ def fails(capsys, tmp_path: Path, *argv: str) -> str:
         (["--num-threads", "0"], "num_threads must be an integer in [1, 1024], not 0"),
         (["--num-threads", "100000"], "num_threads must be an integer in [1, 1024], not 100000"),
         (["--device", "meta"], "device 'meta' is not usable here"),
+        (["--device", "hpu"], "device 'hpu' is not usable here"),
+        (["--device", "privateuseone"], "device 'privateuseone' is not usable here"),
         (["--max-history-len", "0"], "max_history_len must be an integer in [1, 10000], not 0"),
         (
             ["--max-history-len", "100000000000"],
