@@ -147,6 +147,40 @@ def test_a_failed_fit_removes_the_parents_it_created(capsys, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+LONG = "a" * 300  # longer than a file name may be (255 bytes on common file systems)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["recommend", "--artifacts-dir", LONG, "--user-id", "1"],
+        ["evaluate", "--artifacts-dir", LONG],
+        ["export", "--artifacts-dir", LONG],
+        ["recommend", "--bundle", LONG, "--user-id", "1"],
+    ],
+)
+def test_a_file_name_too_long_is_one_line_naming_it(capsys, tmp_path, monkeypatch, argv):
+    monkeypatch.chdir(tmp_path)
+    line = refused(capsys, tmp_path, *argv)
+    assert line.startswith("error: ") and "too long" in line
+
+
+@pytest.mark.parametrize("command", ["fit", "export"])
+def test_a_folder_that_cannot_be_made_leaves_none_of_its_parents(
+    capsys, tmp_path, folders, command
+):
+    """The parents are made one by one; the one that fails must not leave the others."""
+    artifacts_dir, _ = folders
+    target = tmp_path / "new" / "deeper" / LONG / "out"
+    if command == "fit":
+        argv = synthetic_fit(tmp_path / "data", "--artifacts-dir", str(target))
+    else:
+        argv = ["export", "--artifacts-dir", artifacts_dir, "--out", target]
+    line = refused(capsys, tmp_path, *argv)
+    assert line.startswith(f"error: cannot create {tmp_path / 'new' / 'deeper'}")
+    assert not (tmp_path / "new").exists()
+
+
 def test_fit_writes_through_a_target_that_is_a_link(capsys, tmp_path, folders):
     """The folder the link names gets the new model; the link stays, nothing is left."""
     artifacts_dir, _ = folders

@@ -369,12 +369,12 @@ def staged_folder(
         )
     check_target(target, KINDS[kind], reads)
     created = [p for p in (target.parent, *target.parent.parents) if not p.exists()]
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise TwoTowerError(f"cannot create {target.parent} ({exc.strerror})") from None
     done = False
     try:
+        try:  # a failure part way (a full disk) leaves the parents made so far: removed below
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TwoTowerError(f"cannot create {target.parent} ({exc.strerror})") from None
         with exclusive(target):
             check_target(target, KINDS[kind], reads)  # again: it may have changed before the lock
             remove_stale(target)
@@ -396,7 +396,8 @@ def staged_folder(
                 try:
                     parent.rmdir()
                 except OSError:
-                    break
+                    if os.path.isdir(parent):
+                        break  # (one never made, the creation failing first, is skipped)
 
 
 def write_manifest(folder: Path, kind: str, extra: dict[str, Any]) -> dict[str, Any]:

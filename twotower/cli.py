@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import dataclasses
 import difflib
+import errno
 import json
 import logging
 import os
@@ -875,9 +876,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 refuse_unknown(args.parser, unknown)
             args.run(args)
     except TwoTowerError as exc:
-        # the message is text, not markup: "[a, b]" must print as written
-        errors.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        return 1
+        return print_error(str(exc))
     except Terminated:
         errors.print("terminated")
         return 128 + signal.SIGTERM
@@ -887,7 +886,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # the reader went away (`twotower ... --json | head`)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # as the Python docs advise
         return 0
+    except OSError as exc:
+        if exc.errno != errno.ENAMETOOLONG:
+            raise
+        # Path.exists() and friends raise it rather than answer: any path a user gives
+        name = str(exc.filename)
+        shown = name if len(name) <= 120 else f"{name[:60]}...{name[-57:]}"
+        return print_error(f"a file name is too long: {shown}")
     return 0
+
+
+def print_error(message: str) -> int:
+    """Print ``error: message`` (text, not markup: "[a, b]" prints as written); exit code 1."""
+    errors.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    return 1
 
 
 if __name__ == "__main__":
