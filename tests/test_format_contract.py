@@ -4,12 +4,15 @@ one the bundle keeps for itself, or towers answering in another shape or type.""
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import registering
+from helpers import registering, run
 
 from twotower.errors import TwoTowerError
 from twotower.export.bundle import export_bundle
@@ -90,3 +93,29 @@ def test_a_format_breaking_its_contract_is_refused_by_name(
     assert message.startswith(f"format {name!r}") and "\n" not in message
     assert BROKEN[name][1] in message
     assert not target.exists()
+
+
+class SwallowsTheSignal(TorchScriptFormat):
+    """As torch does when SIGTERM lands half way through an import: the interrupt is lost,
+    and what fails next is an ordinary error about a half-made module."""
+
+    def export(self, model, out_dir: Path) -> list[Path]:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(10)  # the handler raises in here
+        except KeyboardInterrupt:
+            raise AttributeError("partially initialized module 'torch._dynamo' has no 'exc'")
+        return super().export(model, out_dir)
+
+
+def test_a_signal_a_format_turns_into_its_own_error_still_stops_the_command(
+    capsys, fitted_artifacts, tmp_path
+):
+    """The command says it was terminated (143), not that the format failed."""
+    target = tmp_path / "bundle"
+    with registering("register_formats", {"swallows": SwallowsTheSignal}, "swallowing"):
+        argv = ["export", "--artifacts-dir", fitted_artifacts, "--out", target]
+        code, _, err = run(capsys, *argv, "--format", "swallows")
+    assert code == 128 + signal.SIGTERM, err
+    assert err.strip().splitlines()[-1] == "terminated" and "error:" not in err
+    assert not target.exists() and list(tmp_path.iterdir()) == []

@@ -837,10 +837,21 @@ class Terminated(KeyboardInterrupt):
     """
 
 
+# the stopping signals that arrived during the command: one that lands inside a library
+# (torch half way through an import) can surface as that library's own error instead
+received: set[int] = set()
+
+
 def on_sigterm(signum: int, frame: types.FrameType | None) -> None:
     """Raise ``Terminated`` where the program is; a second SIGTERM ends it at once."""
+    received.add(signal.SIGTERM)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     raise Terminated
+
+
+def on_sigint(signum: int, frame: types.FrameType | None) -> None:
+    received.add(signal.SIGINT)
+    raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
@@ -852,14 +863,19 @@ def sigterm_raises() -> Iterator[None]:
     drains, and raises it again, into this handler, once it has shut down;
     ``cmd_serve`` then ends normally (exit 0, as with several workers).
     """
+    received.clear()
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, on_sigterm)  # None: one set outside Python
+    previous = {
+        signum: signal.signal(signum, handler)  # None: one set outside Python
+        for signum, handler in ((signal.SIGTERM, on_sigterm), (signal.SIGINT, on_sigint))
+    }
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -876,13 +892,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 refuse_unknown(args.parser, unknown)
             args.run(args)
     except TwoTowerError as exc:
-        return print_error(str(exc))
-    except Terminated:
-        errors.print("terminated")
-        return 128 + signal.SIGTERM
-    except KeyboardInterrupt:
-        errors.print("interrupted")
-        return 130
+        return stopped() or print_error(str(exc))
+    except KeyboardInterrupt as exc:  # Terminated too
+        received.add(signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
+        return stopped()
     except BrokenPipeError:  # the reader went away (`twotower ... --json | head`)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # as the Python docs advise
         return 0
@@ -893,6 +906,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         name = str(exc.filename)
         shown = name if len(name) <= 120 else f"{name[:60]}...{name[-57:]}"
         return print_error(f"a file name is too long: {shown}")
+    return 0
+
+
+def stopped() -> int:
+    """Say which signal stopped the command and return its exit code; 0 when none did."""
+    if signal.SIGTERM in received:
+        errors.print("terminated")
+        return 128 + signal.SIGTERM
+    if signal.SIGINT in received:
+        errors.print("interrupted")
+        return 130
     return 0
 
 
