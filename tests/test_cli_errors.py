@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import error_line, run, write_interactions
 
 from twotower import artifacts, plugins
@@ -294,6 +295,65 @@ def test_a_config_that_does_not_fit_the_weights_is_named(capsys, artifacts_dir):
     manifest_path.write_text(json.dumps(manifest))
     line = recommend(capsys, artifacts_dir)
     assert line.startswith(f"error: {artifacts_dir / artifacts.MODEL} does not fit {path} (")
+    assert line.endswith("the files are not from one fit")
+
+
+def resealed(folder: Path, name: str) -> Path:
+    """Record file ``name``'s checksum again after an edit: the manifest vouches for it."""
+    manifest_path = folder / artifacts.MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"][name] = artifacts.sha256_of(folder / name)
+    manifest_path.write_text(json.dumps(manifest))
+    return folder / name
+
+
+def saved_model(**changes):
+    def change(path: Path) -> None:
+        checkpoint = torch.load(path, weights_only=True)
+        torch.save({**checkpoint, **changes}, path)
+
+    return change
+
+
+MODEL_EDITS = {
+    "truncated": (
+        lambda path: path.write_bytes(path.read_bytes()[:300]),
+        "cannot be read as a twotower model (RuntimeError: ",
+    ),
+    "another object": (lambda path: torch.save({"x": 1}, path), "(no state_dict)"),
+    "negative items": (saved_model(num_items=-5), "'num_items': -5"),
+    "huge catalog": (saved_model(num_items=10**12), "'num_items': 1000000000000"),
+    "huge genres": (saved_model(num_genres=10**9), "'num_genres': 1000000000"),
+    "weights of strings": (saved_model(state_dict={"a": "b"}), "does not fit"),
+}
+
+
+@pytest.mark.parametrize("edit", MODEL_EDITS)
+def test_a_model_file_that_is_not_what_fit_writes_is_named(capsys, artifacts_dir, edit):
+    change, said = MODEL_EDITS[edit]
+    change(artifacts_dir / artifacts.MODEL)
+    path = resealed(artifacts_dir, artifacts.MODEL)
+    line = recommend(capsys, artifacts_dir)
+    assert line.startswith(f"error: {path} ") and said in line, line
+
+
+HISTORY_EDITS = {
+    "a user without a history": (lambda h: h.pop(next(iter(h))), "has no history"),
+    "an empty history": (lambda h: h.update({next(iter(h)): []}), "has no history"),
+    "a user the mappings lack": (lambda h: h.update({"stranger": h[next(iter(h))]}), "'stranger'"),
+}
+
+
+@pytest.mark.parametrize("edit", HISTORY_EDITS)
+def test_histories_that_do_not_match_the_mappings_are_named(capsys, artifacts_dir, edit):
+    change, said = HISTORY_EDITS[edit]
+    path = artifacts_dir / artifacts.USER_HISTORIES
+    histories = json.loads(path.read_text())
+    change(histories)
+    path.write_text(json.dumps(histories))
+    resealed(artifacts_dir, artifacts.USER_HISTORIES)
+    line = recommend(capsys, artifacts_dir)
+    assert line.startswith(f"error: {path}: ") and said in line, line
     assert line.endswith("the files are not from one fit")
 
 

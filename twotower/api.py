@@ -29,6 +29,8 @@ from .recommendation import (
     Recommender,
     check_threads,
     prebuilt_indexes,
+    read_items,
+    read_mappings,
     save_indexes,
     saved_config,
 )
@@ -190,7 +192,7 @@ def write_artifacts(folder, config, split, model, train_log, test, popularity) -
 
 
 def load_model(folder: Path, config: TwoTowerConfig) -> TwoTowerModel:
-    checkpoint = torch.load(folder / files.MODEL, map_location="cpu", weights_only=True)
+    checkpoint = read_checkpoint(folder)
     genres = np.zeros((checkpoint["num_items"] + 1, checkpoint["num_genres"]), dtype=np.float32)
     encoder_class = plugins.user_encoders().get(config.user_encoder)
     model = TwoTowerModel(
@@ -198,13 +200,37 @@ def load_model(folder: Path, config: TwoTowerConfig) -> TwoTowerModel:
     )
     try:
         model.load_state_dict(checkpoint["state_dict"])
-    except RuntimeError as exc:  # the weights do not have the shapes config.json describes
-        first = str(exc).splitlines()[0]
+    except Exception as exc:  # the weights do not have the shapes config.json describes
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise TwoTowerError(
             f"{folder / files.MODEL} does not fit {folder / files.CONFIG} ({first}): "
             "the files are not from one fit"
         ) from None
     return model.eval()
+
+
+def read_checkpoint(folder: Path) -> dict[str, Any]:
+    """``model.pt`` as fit writes it: the weights, and the user, item and genre counts of
+    the folder's own mappings.json and items.json (checked before a table of that size
+    is made)."""
+    path = folder / files.MODEL
+    with refused_as(f"{path} cannot be read as a twotower model"):
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    mappings = read_mappings(folder)
+    expected = {
+        "num_users": len(mappings["users"]),
+        "num_items": len(mappings["items"]),
+        "num_genres": len(read_items(folder)["genres"]),
+    }
+    if not (isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict)):
+        raise TwoTowerError(f"{path} does not hold a twotower model (no state_dict)")
+    got = {name: checkpoint.get(name) for name in expected}
+    if got != expected:
+        raise TwoTowerError(
+            f"{path} holds a model of {got} but the folder's files describe {expected}: "
+            "the files are not from one fit"
+        )
+    return checkpoint
 
 
 def load(artifacts_dir: str | Path, retriever: str | None = None, threads: int = 1) -> Recommender:

@@ -68,36 +68,19 @@ class Recommender:
         self.config = config
         self.towers = towers
         self.max_history_len = config.max_history_len
-        mappings = files.read_json(
-            self.folder,
-            files.MAPPINGS,
-            lambda m: (
-                isinstance(m, dict)
-                and files.str_list(m.get("users"))
-                and files.str_list(m.get("items"))
-            ),
-            '{"users": [...], "items": [...]} lists of ids',
-        )
+        mappings = read_mappings(self.folder)
         self.user_ids: list[str] = mappings["users"]
         self.item_ids: list[str] = mappings["items"]
         self.user_index = {user: i + 1 for i, user in enumerate(self.user_ids)}
         self.item_index = {item: i + 1 for i, item in enumerate(self.item_ids)}
-        self.items = files.read_json(
-            self.folder,
-            files.ITEMS,
-            lambda d: (
-                isinstance(d, dict)
-                and isinstance(d.get("items"), list)
-                and all(is_item(item) for item in d["items"])
-            ),
-            '{"items": [{"item_id", "title", "genres"}, ...]}',
-        )["items"]
+        self.items = read_items(self.folder)["items"]
         self.histories: dict[str, list[str]] = files.read_json(
             self.folder,
             files.USER_HISTORIES,
             lambda h: isinstance(h, dict) and all(map(files.str_list, h.values())),
             "{user_id: [item_id, ...]}",
         )
+        self.check_histories()
         self.history_indexes = {
             user: self.indexes_of(user, items) for user, items in self.histories.items()
         }
@@ -117,6 +100,22 @@ class Recommender:
         self._retrievers: dict[str, Retriever] = {}
         self._opening = threading.Lock()
         self.retriever()  # a bad name or index fails now, not at the first query
+
+    def check_histories(self) -> None:
+        """One history of at least one item for every user the mappings list, and no other:
+        a user's query is their history (the test query, all but its last item)."""
+        without = [u for u in self.user_ids if not self.histories.get(u)]
+        unmapped = [u for u in self.histories if u not in self.user_index]
+        if without or unmapped:
+            problem = (
+                f"user {without[0]!r} has no history"
+                if without
+                else f"user {unmapped[0]!r} is not in {files.MAPPINGS}"
+            )
+            raise TwoTowerError(
+                f"{self.folder / files.USER_HISTORIES}: {problem} ({len(without)} mapped user(s) "
+                f"without one, {len(unmapped)} unmapped): the files are not from one fit"
+            )
 
     def indexes_of(self, user: str, items: list[str]) -> np.ndarray:
         """Item indexes of a saved history; an item the mappings lack is refused by name."""
@@ -246,6 +245,35 @@ def saved_config(folder: Path) -> TwoTowerConfig:
     path = Path(folder) / files.CONFIG
     values = files.read_json(folder, files.CONFIG, lambda c: isinstance(c, dict), "settings")
     return TwoTowerConfig.from_dict(values, str(path))
+
+
+def read_mappings(folder: Path) -> dict[str, list[str]]:
+    """``mappings.json``: the raw user and item ids, in index order."""
+    return files.read_json(
+        folder,
+        files.MAPPINGS,
+        lambda m: (
+            isinstance(m, dict)
+            and files.str_list(m.get("users"))
+            and files.str_list(m.get("items"))
+        ),
+        '{"users": [...], "items": [...]} lists of ids',
+    )
+
+
+def read_items(folder: Path) -> dict[str, Any]:
+    """``items.json``: the genre names and every item's id, title and genres."""
+    return files.read_json(
+        folder,
+        files.ITEMS,
+        lambda d: (
+            isinstance(d, dict)
+            and files.str_list(d.get("genres"))
+            and isinstance(d.get("items"), list)
+            and all(is_item(item) for item in d["items"])
+        ),
+        '{"genres": [...], "items": [{"item_id", "title", "genres"}, ...]}',
+    )
 
 
 def is_item(item: Any) -> bool:
