@@ -501,7 +501,9 @@ def rewritten(name: str, content: bytes, says: str):
 
 
 MALFORMED = [
-    rewritten(artifacts.ITEMS, b'{"genres": []}', 'does not hold {"items": [{"item_id"'),
+    rewritten(
+        artifacts.ITEMS, b'{"genres": []}', 'does not hold {"genres": [...], "items": [{"item_id"'
+    ),
     rewritten(artifacts.MAPPINGS, b"not json", "cannot be read (JSONDecodeError: "),
     rewritten(artifacts.USER_HISTORIES, b"[]", "does not hold {user_id: [item_id, ...]}"),
     rewritten(artifacts.ITEM_EMBEDDINGS, b"garbage", "cannot be read (ValueError: "),
