@@ -113,6 +113,9 @@ def test_help_names_one_default_per_flag_and_the_fits_own_where_the_fit_decides(
     assert option_help("fit", capsys)["--mask-seen"].endswith("(default: True)")
     # commands over fitted artifacts take these from the fit unless a flag is given
     assert option_help("evaluate", capsys)["--mask-seen"].endswith("(default: the fit's own)")
+    # evaluate finds the artifacts under ./data, and reads the data the fit read
+    data_dir = option_help("evaluate", capsys)["--data-dir"]
+    assert data_dir.endswith("(default: ./data for the artifacts, the fit's own data)")
     for command in ("recommend", "serve"):
         assert option_help(command, capsys)["--retriever"].endswith("(default: the fit's own)")
 

@@ -22,7 +22,7 @@ import sys
 import threading
 import types
 import typing
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -92,11 +92,13 @@ def add_config_flags(
     parser: argparse.ArgumentParser,
     only: Sequence[str] | None = None,
     saved: Sequence[str] = (),
+    said: Mapping[str, str] | None = None,
 ) -> None:
     """One flag per setting of ``TwoTowerConfig`` (or of ``only``), with its default in the help.
 
     ``saved`` names the settings a command over fitted artifacts takes from
     the fit when the flag is not given: their help says so, not the default.
+    ``said`` gives the default's words for a setting whose default is neither.
     """
     hints = typing.get_type_hints(TwoTowerConfig)
     defaults = TwoTowerConfig()
@@ -122,6 +124,7 @@ def add_config_flags(
                 kwargs["choices"] = names
                 kwargs["metavar"] = "{" + ",".join(names) + "}"
         default = "the fit's own" if field.name in saved else getattr(defaults, field.name)
+        default = (said or {}).get(field.name, default)
         if field.name != "extra" and "(default:" not in help_text:
             help_text += f" (default: {default})"
         group.add_argument(*flags, help=help_text, **kwargs)
@@ -638,7 +641,12 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     fit.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     evaluate = command("evaluate", cmd_evaluate, "re-evaluate saved artifacts on the test split")
-    add_config_flags(evaluate, EVALUATE_FIELDS, saved=EVALUATE_OVERRIDES[1:])
+    add_config_flags(
+        evaluate,
+        EVALUATE_FIELDS,
+        saved=EVALUATE_OVERRIDES[1:],
+        said={"data_dir": f"{TwoTowerConfig().data_dir} for the artifacts, the fit's own data"},
+    )
     evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
     recommend = command("recommend", cmd_recommend, "top-K items for a user")
