@@ -129,6 +129,22 @@ def test_both_layouts_give_the_same_item_metadata(tmp_path):
     assert grouplens.items["title"][2] == "Légends of the Fall (1994)"  # latin-1 decoded
 
 
+@pytest.mark.parametrize(
+    ("layout", "item_file", "said"),
+    [
+        ("gl", "1|Toy Story|x|x|x|yes|0\n", "the 19 genre columns must hold 0 or 1"),
+        ("rb", "garbage\nline\n", "no column item_id, movie_title, class (found garbage)"),
+    ],
+)
+def test_an_item_file_that_is_not_movielens_is_named(tmp_path, layout, item_file, said):
+    files = grouplens_files() if layout == "gl" else recbole_files()
+    name = "u.item" if layout == "gl" else "ml-100k.item"
+    folder = write_files(tmp_path / layout, {**files, name: item_file.encode()})
+    with pytest.raises(TwoTowerError) as refused:
+        movielens.read_folder(folder)
+    assert str(refused.value) == f"{folder / name}: {said}"
+
+
 def test_split_of_both_layouts_is_identical(tmp_path):
     splits = [
         make_split(movielens.read_folder(write_files(tmp_path / n, f)), 4.0)

@@ -80,7 +80,9 @@ def read_grouplens(folder: Path) -> Dataset:
     if item_file.is_file():
         names = ["item", "title", "release", "video", "url", *GENRES]
         table = _read_table(item_file, sep="|", header=None, names=names, encoding="latin-1")
-        flags = table[list(GENRES)].to_numpy(dtype=int) == 1
+        flags = table[list(GENRES)].fillna("0").isin(["1"]).to_numpy()
+        if not table[list(GENRES)].fillna("0").isin(["0", "1"]).to_numpy().all():
+            raise TwoTowerError(f"{item_file}: the 19 genre columns must hold 0 or 1")
         items = pd.DataFrame(
             {
                 "item": table["item"].astype(str),
@@ -102,6 +104,11 @@ def read_recbole(folder: Path) -> Dataset:
     if item_file.is_file():
         table = _read_table(item_file, sep="\t", header=0)
         table.columns = [c.split(":")[0] for c in table.columns]
+        missing = [c for c in ("item_id", "movie_title", "class") if c not in table.columns]
+        if missing:
+            raise TwoTowerError(
+                f"{item_file}: no column {', '.join(missing)} (found {', '.join(table.columns)})"
+            )
         genres = table["class"].fillna("").astype(str)
         items = pd.DataFrame(
             {
