@@ -28,15 +28,16 @@ def select_top_k(scores: np.ndarray, k: int, exclude: Exclude) -> tuple[np.ndarr
             if len(excluded):
                 scores[row, as_ids(excluded)] = -np.inf
     width = min(k, scores.shape[1])
+    rows = np.arange(len(scores))[:, None]  # indexing by (rows, columns): no take_along_axis
     if width < scores.shape[1]:
         candidates = np.argpartition(-scores, width - 1, axis=1)[:, :width]
     else:
         candidates = np.broadcast_to(np.arange(scores.shape[1]), scores.shape).copy()
-    candidate_scores = np.take_along_axis(scores, candidates, axis=1)
+    candidate_scores = scores[rows, candidates]
     # by score, then by id, so ties come out in a stable order
     order = np.lexsort((candidates, -candidate_scores), axis=1)
-    ids = np.take_along_axis(candidates, order, axis=1).astype(np.int64)
-    top = np.take_along_axis(candidate_scores, order, axis=1)
+    ids = candidates[rows, order].astype(np.int64, copy=False)
+    top = candidate_scores[rows, order]
     # argpartition keeps an arbitrary few of the items tied at the k-th score:
     # rows with ties left outside are re-ranked in full, lowest ids first
     kth = top[:, -1:]
