@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
+import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -367,6 +370,26 @@ def test_torchscript_loads_with_plain_torch(workspace, tmp_path):
         np.testing.assert_allclose(answer["results"][folder]["users"], expected, atol=1e-6)
         items = model.encode_items(torch.tensor([1, 2])).detach().numpy()
         np.testing.assert_allclose(answer["results"][folder]["items"], items, atol=1e-6)
+
+
+@pytest.mark.parametrize("format", FORMATS)
+def test_a_truncated_graph_is_one_error_line_and_nothing_else(workspace, tmp_path, format):
+    """Nothing the runtime logs while it fails (torch.export warns) reaches the user."""
+    source, manifest = workspace.bundle(ONNX_ENCODER, format)
+    folder = Path(shutil.copytree(source, tmp_path / "bundle"))
+    graph = folder / plugins.formats().get(format).files[0]
+    graph.write_bytes(graph.read_bytes()[:5000])
+    manifest["files"][graph.name] = artifacts.sha256_of(graph)
+    (folder / artifacts.MANIFEST).write_text(json.dumps(manifest))
+    user = json.loads((folder / artifacts.MAPPINGS).read_text())["users"][0]
+    argv = ["recommend", "--bundle", str(folder), "--user-id", user]
+    done = subprocess.run(
+        [sys.executable, "-m", "twotower", *argv], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.startswith("error: bundle ") and str(folder) in done.stderr, done.stderr
+    assert "cannot be loaded" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
 # --- int8 and bad export requests --------------------------------------------------------

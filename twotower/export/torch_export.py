@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..towers.runtime import TorchTowers
+from .quiet import quiet_exporter
 
 USER_FILE = "user_tower.pt2"
 ITEM_FILE = "item_tower.pt2"
@@ -43,7 +44,6 @@ class TorchExportFormat:
     def export(self, model, out_dir: Path) -> list[Path]:
         import torch
 
-        from .quiet import quiet_exporter
         from .towers import example_inputs, towers
 
         user_tower, item_tower = towers(model)
@@ -78,8 +78,9 @@ class TorchExportFormat:
         import torch
 
         bundle_dir = Path(bundle_dir)
-        user = torch.export.load(str(bundle_dir / USER_FILE)).module()
-        item = torch.export.load(str(bundle_dir / ITEM_FILE)).module()
+        with quiet_exporter():  # a file it cannot read is the error's to say, not a warning's
+            user = torch.export.load(str(bundle_dir / USER_FILE)).module()
+            item = torch.export.load(str(bundle_dir / ITEM_FILE)).module()
         shapes = json.loads((bundle_dir / SHAPES_FILE).read_text())
         return PaddedTorchTowers(
             user, item, shapes["max_history_len"], shapes["fixed_history_length"], threads
