@@ -146,7 +146,7 @@ def session(device: str) -> Iterator[Context]:
         torch.cuda.set_device(where)
     else:
         backend, where = "gloo", torch.device("cpu")
-    join(backend, group)
+    join(backend, group, where)
     try:
         yield Context(group.rank, group.world_size, where, dist.new_group(backend=backend))
     except RuntimeError as exc:
@@ -161,7 +161,7 @@ def session(device: str) -> Iterator[Context]:
         dist.destroy_process_group()
 
 
-def join(backend: str, group: Launch) -> None:
+def join(backend: str, group: Launch, device: torch.device) -> None:
     """``init_process_group``, waited for from this thread while another one blocks in it.
 
     The rendezvous waits for every rank; blocked in it, a process takes no
@@ -173,6 +173,8 @@ def join(backend: str, group: Launch) -> None:
 
     def initialise() -> None:
         try:
+            if device.type == "cuda":  # the current GPU is the thread's own
+                torch.cuda.set_device(device)
             dist.init_process_group(backend)
         except BaseException as exc:  # handed to the main thread, which raises it
             failure.append(exc)
