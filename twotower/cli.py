@@ -863,8 +863,9 @@ def on_sigint(signum: int, frame: types.FrameType | None) -> None:
 
 
 @contextlib.contextmanager
-def sigterm_raises() -> Iterator[None]:
-    """SIGTERM raises ``Terminated`` during the block, then the previous handler is back.
+def stopping_signals() -> Iterator[None]:
+    """During the block SIGTERM raises ``Terminated``, Ctrl-C ``KeyboardInterrupt``, and
+    each is noted in ``received``; then the previous handlers are back.
 
     Only the main thread may set handlers; the tests call ``main`` in-process.
     ``serve`` still stops as uvicorn does: it takes SIGTERM while it serves,
@@ -894,7 +895,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.propagate = False
     try:
         argv = sys.argv[1:] if argv is None else argv
-        with sigterm_raises():
+        with stopping_signals():
             args, unknown = build_parser(argv).parse_known_args(argv)
             if unknown:
                 refuse_unknown(args.parser, unknown)
