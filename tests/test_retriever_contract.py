@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import error_line, registering, run, synthetic_fit
+from helpers import error_line, registering, run, snapshot, synthetic_fit
 
 import twotower
 from twotower import artifacts
@@ -154,3 +154,24 @@ def test_an_index_that_writes_over_the_folder_or_outside_it_is_refused(
     line = error_line(code, err)
     assert line.startswith("error: retriever 'rogue' ") and message in line
     assert not (tmp_path / "data" / "artifacts").exists()
+
+
+class BuildRaises(ExactRetriever):
+    @classmethod
+    def build(cls, item_vectors, **params):
+        raise ValueError("nope")
+
+
+@pytest.mark.parametrize("name", ["build-raises", "raises"])
+def test_a_fit_whose_retriever_fails_leaves_the_folder_it_would_replace(capsys, tmp_path, name):
+    """The new folder must open and its retriever answer before it replaces the old one."""
+    data = tmp_path / "data"
+    assert run(capsys, *synthetic_fit(data))[0] == 0
+    before = snapshot(data / "artifacts")
+    components = {"build-raises": BuildRaises, "raises": Raises}
+    with registering("register_retrievers", components, "failing"):
+        argv = synthetic_fit(data, "--retriever", name, "--seed", "5")
+        code, _, err = run(capsys, *argv)
+    assert error_line(code, err).startswith(f"error: retriever {name!r} ")
+    assert snapshot(data / "artifacts") == before
+    assert sorted(p.name for p in data.iterdir() if p.name.startswith(".")) == []

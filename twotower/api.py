@@ -143,6 +143,7 @@ def fit(config: TwoTowerConfig, progress: bool = True) -> FitResult:
         popularity = {stage: evaluate_popularity(split, stage, config) for stage in stages}
         if folder is not None:
             write_artifacts(folder, config, split, result.model, result.log, test, popularity)
+            load(folder)  # it opens, and its retriever answers, before it replaces anything
     return FitResult(
         config,
         target,
