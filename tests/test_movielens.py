@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import stat
 import subprocess
 import sys
 import zipfile
@@ -132,17 +133,22 @@ def test_both_layouts_give_the_same_item_metadata(tmp_path):
 @pytest.mark.parametrize(
     ("layout", "item_file", "said"),
     [
-        ("gl", "1|Toy Story|x|x|x|yes|0\n", "the 19 genre columns must hold 0 or 1"),
+        ("gl", "1|Toy|x|x|x|" + "|".join(["yes"] + ["0"] * 18), "genre columns must hold 0 or 1"),
+        ("gl", "1|Toy Story|01-Jan-1995|\n", "line 1 has fewer than 24 fields (a truncated file?)"),
+        ("gl", "cut", "of the rated items (e.g. item "),
         ("rb", "garbage\nline\n", "no column item_id, movie_title, class (found garbage)"),
+        ("rb", "cut", "of the rated items (e.g. item "),
     ],
 )
 def test_an_item_file_that_is_not_movielens_is_named(tmp_path, layout, item_file, said):
     files = grouplens_files() if layout == "gl" else recbole_files()
     name = "u.item" if layout == "gl" else "ml-100k.item"
-    folder = write_files(tmp_path / layout, {**files, name: item_file.encode()})
+    if item_file == "cut":  # the first lines only: part of the catalog without its row
+        item_file = "".join(files[name].decode("latin-1").splitlines(keepends=True)[:2])
+    folder = write_files(tmp_path / layout, {**files, name: item_file.encode("latin-1")})
     with pytest.raises(TwoTowerError) as refused:
         movielens.read_folder(folder)
-    assert str(refused.value) == f"{folder / name}: {said}"
+    assert str(refused.value).startswith(f"{folder / name}: ") and said in str(refused.value)
 
 
 def test_split_of_both_layouts_is_identical(tmp_path):
@@ -385,6 +391,46 @@ def test_fetch_next_to_an_existing_folder_leaves_no_staging(tmp_path):
         movielens.fetch(data_dir, [grouplens_zip(tmp_path)])
     assert leftovers(data_dir) == ["ml-100k"]
     assert mine.read_text() == "mine"
+
+
+@pytest.mark.parametrize("in_the_way", ["link to nothing", "file"])
+def test_fetch_refuses_a_target_in_the_way_before_downloading(tmp_path, in_the_way):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    target = data_dir / "ml-100k"
+    if in_the_way == "file":
+        target.write_text("mine")
+    else:
+        target.symlink_to(tmp_path / "nowhere")
+    with pytest.raises(TwoTowerError, match=f"is a {in_the_way}: the download cannot go there"):
+        movielens.fetch(data_dir, [grouplens_zip(tmp_path)])
+    assert leftovers(data_dir) == ["ml-100k"]
+
+
+class TakenMeanwhile(movielens.GroupLensZip):
+    """Something takes the target's place while the download runs."""
+
+    def fetch(self, target: Path) -> None:
+        target.mkdir()
+        (target / "notes.txt").write_text("mine")
+        super().fetch(target)
+
+
+def test_a_download_that_cannot_take_its_place_leaves_no_staging(tmp_path):
+    data_dir = tmp_path / "data"
+    good = grouplens_zip(tmp_path)
+    source = TakenMeanwhile(url=good.url, md5=good.md5)
+    with pytest.raises(TwoTowerError, match="cannot put the download at "):
+        movielens.fetch(data_dir, [source])
+    assert leftovers(data_dir) == ["ml-100k"]
+    assert (data_dir / "ml-100k" / "notes.txt").read_text() == "mine"
+
+
+def test_fetched_data_gets_the_mode_mkdir_would_give(tmp_path):
+    folder = movielens.fetch(tmp_path / "data", [grouplens_zip(tmp_path)])
+    mkdir_made = tmp_path / "by-mkdir"
+    mkdir_made.mkdir()
+    assert stat.S_IMODE(folder.stat().st_mode) == stat.S_IMODE(mkdir_made.stat().st_mode)
 
 
 SLOW_FETCH = """

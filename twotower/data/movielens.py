@@ -25,6 +25,7 @@ from pathlib import Path
 import pandas as pd
 from filelock import FileLock, Timeout
 
+from ..artifacts import ordinary_mode
 from ..errors import TwoTowerError
 from ..progress import note
 from .dataset import Dataset, normalise_interactions
@@ -80,9 +81,16 @@ def read_grouplens(folder: Path) -> Dataset:
     if item_file.is_file():
         names = ["item", "title", "release", "video", "url", *GENRES]
         table = _read_table(item_file, sep="|", header=None, names=names, encoding="latin-1")
-        flags = table[list(GENRES)].fillna("0").isin(["1"]).to_numpy()
-        if not table[list(GENRES)].fillna("0").isin(["0", "1"]).to_numpy().all():
+        flags = table[list(GENRES)]
+        short = flags.isna().any(axis=1).to_numpy()
+        if short.any():  # a cut line leaves its last genre columns empty
+            raise TwoTowerError(
+                f"{item_file}: line {short.argmax() + 1} has fewer than {len(names)} fields "
+                "(a truncated file?)"
+            )
+        if not flags.isin(["0", "1"]).to_numpy().all():
             raise TwoTowerError(f"{item_file}: the 19 genre columns must hold 0 or 1")
+        flags = (flags == "1").to_numpy()
         items = pd.DataFrame(
             {
                 "item": table["item"].astype(str),
@@ -90,6 +98,7 @@ def read_grouplens(folder: Path) -> Dataset:
                 "genres": [[g for g, on in zip(GENRES, row, strict=True) if on] for row in flags],
             }
         )
+        check_covers(items, interactions, item_file)
     return Dataset("movielens-100k", interactions, items)
 
 
@@ -117,7 +126,19 @@ def read_recbole(folder: Path) -> Dataset:
                 "genres": [g.split() for g in genres],
             }
         )
+        check_covers(items, interactions, item_file)
     return Dataset("movielens-100k", interactions, items)
+
+
+def check_covers(items: pd.DataFrame, interactions: pd.DataFrame, item_file: Path) -> None:
+    """Every rated item has its row: the interactions are pinned, the item file is not, and a
+    cut one would leave part of the catalog without titles or genres, in silence."""
+    missing = pd.Index(interactions["item"].unique()).difference(pd.Index(items["item"]))
+    if len(missing):
+        raise TwoTowerError(
+            f"{item_file}: no row for {len(missing)} of the rated items (e.g. item "
+            f"{missing[0]}): a truncated or other file (remove the folder to fetch it again)"
+        )
 
 
 def _read_table(path: Path, **kwargs) -> pd.DataFrame:
@@ -213,15 +234,22 @@ class _staging:
     def __enter__(self) -> Path:
         self.target.parent.mkdir(parents=True, exist_ok=True)
         self.path = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.target.parent))
+        self.path.chmod(ordinary_mode(folder=True))  # mkdtemp's is private (0o700)
         return self.path
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             for name in ("__MACOSX", FOLDER):
                 shutil.rmtree(self.path / name, ignore_errors=True)
-            self.path.rename(self.target)
-        else:
-            shutil.rmtree(self.path, ignore_errors=True)
+            try:
+                self.path.rename(self.target)
+                return
+            except OSError as failed:  # something took the target's place meanwhile
+                shutil.rmtree(self.path, ignore_errors=True)
+                raise TwoTowerError(
+                    f"cannot put the download at {self.target} ({failed.strerror})"
+                ) from None
+        shutil.rmtree(self.path, ignore_errors=True)
 
 
 def safe_extract(archive: zipfile.ZipFile, destination: Path) -> None:
@@ -243,9 +271,10 @@ def fetch(
     """Download ML-100K into ``data_dir/ml-100k`` from the first source that works."""
     sources = [GroupLensZip(), RecBoleWheel()] if sources is None else sources
     target = data_dir / FOLDER
-    if target.exists() and any(target.iterdir()):
+    in_the_way = in_the_way_of(target)
+    if in_the_way:
         raise TwoTowerError(
-            f"{target} exists but holds neither u.data nor ml-100k.inter; "
+            f"{target} {in_the_way}: the download cannot go there; "
             "move it away or point --data-dir elsewhere"
         )
     failures = []
@@ -260,6 +289,15 @@ def fetch(
         notify(f"MovieLens-100K is in {target}")
         return target
     raise TwoTowerError("could not fetch MovieLens-100K; " + "; ".join(failures))
+
+
+def in_the_way_of(target: Path) -> str | None:
+    """What keeps a download from becoming ``target``, or None (absent, or an empty folder)."""
+    if target.is_symlink() and not target.exists():
+        return "is a link to nothing"
+    if target.is_dir():
+        return "holds neither u.data nor ml-100k.inter" if any(target.iterdir()) else None
+    return "is a file" if target.exists() else None
 
 
 def fetched(
