@@ -411,7 +411,7 @@ class TakenMeanwhile(movielens.GroupLensZip):
     """Something takes the target's place while the download runs."""
 
     def fetch(self, target: Path) -> None:
-        target.mkdir()
+        target.mkdir(parents=True)
         (target / "notes.txt").write_text("mine")
         super().fetch(target)
 
