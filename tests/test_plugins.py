@@ -8,6 +8,7 @@ Run-time plugins go through ``plugins.add_plugin`` / ``remove_plugin``.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import re
@@ -30,6 +31,7 @@ from twotower.export.torchscript import TorchScriptFormat
 from twotower.hookspecs import hookimpl
 from twotower.losses import InBatchSoftmax
 from twotower.retrievers.exact import ExactRetriever
+from twotower.schema import at_least, option
 from twotower.towers.mean import MeanEncoder
 from twotower.validation import validate
 
@@ -344,3 +346,30 @@ def test_a_name_two_kinds_share_takes_no_options(runtime_plugin):
     validate(testing.tiny_config(hnsw_m=8))  # its own settings stay the retriever's
     with pytest.raises(TwoTowerError, match="retriever 'hnsw' and dataset 'hnsw' share one name"):
         validate(testing.tiny_config(extra={"hnsw_seed": 3}))
+
+
+@dataclasses.dataclass
+class DepthOptions:
+    depth: int = option(2, at_least(1))
+
+
+class MaxRetriever(ExactRetriever):
+    option_schema = DepthOptions
+
+
+def test_a_core_setting_sharing_a_component_s_prefix_is_not_its_option(runtime_plugin):
+    """A retriever named "max" must not claim max_history_len; one named "num" without a
+    schema must not be built with num_layers, num_heads, ..."""
+    runtime_plugin(
+        "prefixes",
+        "register_retrievers",
+        lambda register: (register("max", MaxRetriever), register("num", ExactRetriever)),
+    )
+    config = validate(testing.tiny_config(extra={"max_depth": 3}))  # no error for max_*
+    assert plugins.component_options(config, "max") == {"depth": 3}
+    assert plugins.component_options(config, "num") == {}
+    assert plugins.component_options(config, "hnsw") == {
+        "m": config.hnsw_m,
+        "ef_construction": config.hnsw_ef_construction,
+        "ef": config.hnsw_ef,
+    }

@@ -10,6 +10,7 @@ third-party plugins load; set it to an empty string to load none.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
 import os
@@ -22,6 +23,7 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
+from .contracts import capability
 from .errors import TwoTowerError
 
 DEFAULT_PLUGINS = (
@@ -250,13 +252,29 @@ def plugin_table() -> tuple[list[PluginInfo], list[str]]:
     return list(get_manager().plugins.values()), problems
 
 
-def component_options(config: Any, name: str) -> dict[str, Any]:
-    """Options for component ``name``: config fields and ``extra`` keys named ``<name>_*``.
+def component_options(config: Any, name: str, component: Any = None) -> dict[str, Any]:
+    """Options for component ``name``: ``extra`` keys named ``<name>_*``, and the config
+    fields so named that its ``option_schema`` declares.
 
     ``hnsw_ef=50`` in the config becomes ``ef=50`` for the ``hnsw`` retriever;
-    a plugin retriever ``faiss`` reads ``extra["faiss_nprobe"]`` the same way.
+    a plugin retriever ``faiss`` reads ``extra["faiss_nprobe"]`` the same way. A
+    core setting that only shares the prefix (``max_history_len`` for a component
+    named ``max``) is not the component's. ``component`` defaults to the one
+    registered as ``name``.
     """
     prefix = name.replace("-", "_") + "_"
-    values = {k: v for k, v in vars(config).items() if k != "extra"}
-    values.update(getattr(config, "extra", {}) or {})
-    return {k[len(prefix) :]: v for k, v in values.items() if k.startswith(prefix)}
+    if component is None:
+        found = [registry(kind).get(name) for kind in KINDS if name in registry(kind)]
+        component = found[0] if found else None
+    schema = capability(component, "option_schema")
+    declared = (
+        {f.name for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else set()
+    )
+    options = {
+        key[len(prefix) :]: value
+        for key, value in vars(config).items()
+        if key != "extra" and key.startswith(prefix) and key[len(prefix) :] in declared
+    }
+    extra = getattr(config, "extra", {}) or {}
+    options.update({k[len(prefix) :]: v for k, v in extra.items() if k.startswith(prefix)})
+    return options

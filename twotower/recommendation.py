@@ -300,7 +300,7 @@ def open_retriever(
     saved = index is not None
     if index is None:
         with refused_as(f"retriever {name!r} could not build its index"):
-            index = cls.build(item_vectors, **plugins.component_options(config, name))
+            index = cls.build(item_vectors, **plugins.component_options(config, name, cls))
     index = CheckedRetriever(name, index, len(item_vectors))
     problem = probe(index, item_vectors)
     if problem and saved:
@@ -453,7 +453,7 @@ def prebuilt_indexes(item_vectors: np.ndarray, config: TwoTowerConfig) -> dict[s
     for name in registry.names():
         if capability(registry.get(name), "prebuilt"):
             with refused_as(f"retriever {name!r} could not build its index"):
-                options = plugins.component_options(config, name)
+                options = plugins.component_options(config, name, registry.get(name))
                 indexes[name] = registry.get(name).build(item_vectors, **options)
     return indexes
 

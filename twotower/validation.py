@@ -203,7 +203,7 @@ def check_plugin_options(config: TwoTowerConfig) -> None:
         (kind, name, component), *others = claimants
         schema = capability(component, "option_schema")
         if not others and dataclasses.is_dataclass(schema):
-            options = plugins.component_options(config, name)
+            options = plugins.component_options(config, name, component)
             check(
                 schema,
                 {key: value for key, value in options.items() if owner(prefix + key) == prefix},

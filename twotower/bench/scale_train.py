@@ -126,8 +126,8 @@ def stages(request: dict[str, Any]) -> dict[str, Any]:
         metrics = evaluate_model(training.model, split, "test", config)
     with stage_peak(records["index"]):
         vectors = training.model.catalog_vectors().cpu().numpy()
-        options = plugins.component_options(config, "hnsw")
-        plugins.retrievers().get("hnsw").build(vectors, **options)
+        hnsw = plugins.retrievers().get("hnsw")
+        hnsw.build(vectors, **plugins.component_options(config, "hnsw", hnsw))
     return {
         "counts": counts,
         "shape": shape,
