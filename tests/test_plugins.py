@@ -373,3 +373,41 @@ def test_a_core_setting_sharing_a_component_s_prefix_is_not_its_option(runtime_p
         "ef_construction": config.hnsw_ef_construction,
         "ef": config.hnsw_ef,
     }
+
+
+def test_a_plugin_that_exits_on_import_is_reported_and_the_rest_works(site, capsys):
+    """sys.exit in a plugin module must not end every command in silence."""
+    site.install("twotower-exits", "0.1.0", {"tt_exiting_plugin": "import sys\nsys.exit(0)\n"})
+    site.enable("tt_exiting_plugin")
+    with pytest.warns(UserWarning, match="'tt_exiting_plugin' failed: SystemExit: 0"):
+        assert "exact" in plugins.retrievers().names()
+    assert main(["plugins"]) == 0 and "failed: SystemExit" in capsys.readouterr().out
+
+
+def test_names_and_errors_with_brackets_are_shown_as_written(runtime_plugin, capsys):
+    """The table is rich markup: a plugin's words must not be read as tags."""
+
+    def exploding(register):
+        raise TypeError("expected list[str], not [/red] int")
+
+    runtime_plugin(
+        "brackets", "register_retrievers", lambda register: register("x[/red]y", ExactRetriever)
+    )
+    runtime_plugin("brackets-raising", "register_losses", exploding)
+    with pytest.warns(UserWarning):
+        assert main(["plugins"]) == 0
+    table = capsys.readouterr().out
+    assert "x[/red]y" in table and "expected list[str], not [/red] int" in table.replace("\n", "")
+
+
+class ExitsOnBuild(ExactRetriever):
+    @classmethod
+    def build(cls, item_vectors, **params):
+        raise SystemExit(0)
+
+
+def test_a_component_that_calls_sys_exit_is_one_error_naming_it(runtime_plugin, tmp_path):
+    runtime_plugin("exits", "register_retrievers", lambda register: register("exits", ExitsOnBuild))
+    with pytest.raises(TwoTowerError, match=r"retriever 'exits' could not build its index"):
+        api.fit(testing.tiny_config(data_dir=str(tmp_path), retriever="exits"), progress=False)
+    assert not (tmp_path / "artifacts").exists()

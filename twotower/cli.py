@@ -595,18 +595,18 @@ def cmd_plugins(args: argparse.Namespace) -> None:
         table.add_column(column)
     for info in shown:
         registers = "\n".join(
-            f"{kind.replace('_', ' ')}: {', '.join(names)}"
+            f"{kind.replace('_', ' ')}: {escape(', '.join(names))}"
             for kind, names in info.registered.items()
             if names
         )
-        status = f"[red]failed: {info.error}[/red]" if info.error else "ok"
+        status = f"[red]failed: {escape(info.error)}[/red]" if info.error else "ok"
         package = f"{escape(info.distribution or '-')} {escape(info.version)}"
         table.add_row(f"{escape(info.name)}\n[dim]{package}[/dim]", registers or "-", status)
     console.print(table)
     if not args.all:
         console.print("[dim]built-in plugins hidden; --all shows them[/dim]")
     for problem in problems:
-        errors.print(f"[red]problem:[/red] {problem}", highlight=False)
+        errors.print(f"[red]problem:[/red] {escape(problem)}", highlight=False)
 
 
 # --- the parser ----------------------------------------------------------------

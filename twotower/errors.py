@@ -28,5 +28,6 @@ def refused_as(message: str) -> Iterator[None]:
         yield
     except TwoTowerError:
         raise
-    except Exception as exc:  # loaders (onnxruntime, hnswlib, plugins) raise their own types
+    except (Exception, SystemExit) as exc:  # loaders (onnxruntime, hnswlib, plugins) raise
+        # their own types; a plugin's sys.exit must not end the command in silence
         raise TwoTowerError(f"{message} ({reason(exc)})") from None

@@ -94,7 +94,7 @@ def get_manager() -> Manager:
         plugins[ep.name] = PluginInfo(ep.name, version, False, distribution)
         try:
             _register(pm, ep.load(), ep.name)
-        except Exception as exc:  # a broken plugin must not break the rest
+        except (Exception, SystemExit) as exc:  # a broken plugin must not break the rest
             _report_failure(plugins, ep.name, f"{type(exc).__name__}: {exc}")
     return Manager(pm, plugins)
 
@@ -209,7 +209,7 @@ def registry(kind: str) -> Registry:
         }
         try:  # an implementation may take fewer arguments than the spec (pluggy's rule)
             impl.function(**{arg: arguments[arg] for arg in impl.argnames})
-        except Exception as exc:  # a plugin whose hook raises is reported, not fatal
+        except (Exception, SystemExit) as exc:  # a plugin whose hook raises is reported
             _report_failure(manager.plugins, impl.plugin_name, f"{hook_name} raised {exc!r}")
             continue
         bad = [name for name, _ in collected if not (isinstance(name, str) and name.strip())]
