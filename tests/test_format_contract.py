@@ -14,9 +14,11 @@ import numpy as np
 import pytest
 from helpers import registering, run
 
+from twotower.cli import main
 from twotower.errors import TwoTowerError
 from twotower.export.bundle import export_bundle
 from twotower.export.torchscript import TorchScriptFormat
+from twotower.testing import check_format
 
 
 class ExportRaises(TorchScriptFormat):
@@ -119,3 +121,35 @@ def test_a_signal_a_format_turns_into_its_own_error_still_stops_the_command(
     assert code == 128 + signal.SIGTERM, err
     assert err.strip().splitlines()[-1] == "terminated" and "error:" not in err
     assert not target.exists() and list(tmp_path.iterdir()) == []
+
+
+class QuantizationsNone(TorchScriptFormat):
+    quantizations = None
+
+
+class QuantizationsString(TorchScriptFormat):
+    quantizations = "int8"
+
+
+@pytest.mark.parametrize("cls", [QuantizationsNone, QuantizationsString])
+def test_a_format_with_malformed_quantizations_offers_none_and_the_rest_works(
+    capsys, fitted_artifacts, tmp_path, cls
+):
+    with registering("register_formats", {"odd": cls}, "odd-quantizations"):
+        warned = pytest.warns(UserWarning, match="quantizations must be a list of scheme names")
+        with warned, pytest.raises(SystemExit) as done:
+            main(["export", "--help"])
+        out = capsys.readouterr().out.replace("\n", "").replace(" ", "")
+        assert done.value.code == 0 and "--quantize{int8,int8-static}" in out
+        with pytest.raises(AssertionError, match="quantizations must be a list of scheme names"):
+            check_format(cls)
+
+
+class ExportReturnsAPath(TorchScriptFormat):
+    def export(self, model, out_dir: Path) -> list[Path]:
+        return super().export(model, out_dir)[0]
+
+
+def test_the_kit_names_an_export_that_does_not_return_a_list():
+    with pytest.raises(AssertionError, match="export\\(\\) must return the files it wrote"):
+        check_format(ExportReturnsAPath)

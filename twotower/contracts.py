@@ -256,6 +256,11 @@ def capability(component: Any, name: str) -> Any:
     return getattr(component, name, CAPABILITIES[name].default)
 
 
+def scheme_names(schemes: Any) -> bool:
+    """Whether ``schemes`` is what a format's ``quantizations`` must be: names, in a list."""
+    return isinstance(schemes, list | tuple) and all(isinstance(s, str) and s for s in schemes)
+
+
 def members(protocol: type) -> list[str]:
     """The methods a component of ``protocol`` must have, in the order they are written."""
     return [

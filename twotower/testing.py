@@ -479,6 +479,9 @@ def check_format(format: str | type, user_encoder: str = "transformer") -> None:
     exporter = cls()
     conforms(what, exporter, contracts.Format)
     schemes = contracts.capability(exporter, "quantizations")
+    assert contracts.scheme_names(schemes), (
+        f"{what}: quantizations must be a list of scheme names, not {schemes!r}"
+    )
     assert not schemes or not contracts.missing(exporter, contracts.Quantizer), (
         f"{what}: offers quantizations {list(schemes)} but has no "
         "quantize(folder, scheme, calibration)"
@@ -486,7 +489,8 @@ def check_format(format: str | type, user_encoder: str = "transformer") -> None:
     model = tiny_model(user_encoder)
     with tempfile.TemporaryDirectory() as folder:
         written = exporter.export(model, Path(folder))
-        assert written and all(Path(p).is_file() for p in written), (
+        listed = isinstance(written, list | tuple) and bool(written)
+        assert listed and all(Path(p).is_file() for p in written), (
             f"{what}: export() must return the files it wrote, got {written}"
         )
         outside = [p for p in written if Path(folder).resolve() not in Path(p).resolve().parents]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import numpy as np
 
 from .. import artifacts as files
 from .. import plugins
-from ..contracts import Calibration, capability
+from ..contracts import Calibration, capability, scheme_names
 from ..errors import TwoTowerError, refused_as
 from ..recommendation import (
     CheckedTowers,
@@ -35,11 +36,22 @@ ITEM_BATCH = 8192  # items of one calibration batch
 
 
 def offered_quantizations() -> dict[str, tuple[str, ...]]:
-    """Each registered format's quantization schemes (most offer none)."""
+    """Each registered format's quantization schemes (most offer none). A format whose
+    ``quantizations`` is not a list of scheme names offers none, with a warning: the
+    export command's flags must not break for every format."""
     registry = plugins.formats()
-    return {
-        name: tuple(capability(registry.get(name), "quantizations")) for name in registry.names()
-    }
+    offered = {}
+    for name in registry.names():
+        schemes = capability(registry.get(name), "quantizations")
+        if not scheme_names(schemes):
+            warnings.warn(
+                f"format {name!r}: quantizations must be a list of scheme names, not "
+                f"{schemes!r}; it offers none",
+                stacklevel=2,
+            )
+            schemes = ()
+        offered[name] = tuple(schemes)
+    return offered
 
 
 def check_quantization(format: str, quantize: str | None) -> None:
