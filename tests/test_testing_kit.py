@@ -149,9 +149,44 @@ class OverwritesConfig(ExactRetriever):
         return [*super().save(directory), Path(directory) / "config.json"]
 
 
+class OverwritesTheModel(ExactRetriever):
+    def save(self, directory):
+        (Path(directory) / "model.pt").write_bytes(b"mine")
+        return [*super().save(directory), Path(directory) / "model.pt"]
+
+
+class AnswersNothing(ExactRetriever):
+    def search(self, queries, k, exclude=None):
+        return None
+
+
+class AnswersIdsOnly(ExactRetriever):
+    def search(self, queries, k, exclude=None):
+        return super().search(queries, k, exclude)[0]
+
+
+class BuildsNothing(ExactRetriever):
+    @classmethod
+    def build(cls, item_vectors, **params):
+        return None
+
+
+class LoadsBadly(ExactRetriever):
+    @classmethod
+    def load(cls, directory):
+        if not (Path(directory) / FILE).exists():
+            raise ValueError("no index here")
+        return super().load(directory)
+
+
 @pytest.mark.parametrize(
     ("retriever", "message"),
     [
+        (OverwritesTheModel, "wrote over model.pt"),
+        (AnswersNothing, r"search\(\) must return \(ids, scores\), got NoneType"),
+        (AnswersIdsOnly, r"search\(\) must return \(ids, scores\), got ndarray"),
+        (BuildsNothing, "what build\\(\\) returns"),
+        (LoadsBadly, "must raise FileNotFoundError, not ValueError: no index here"),
         (IgnoresExclusion, "excluded items"),
         (WorstFirst, "not best first"),
         (NoFiles, "must raise"),

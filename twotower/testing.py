@@ -36,7 +36,13 @@ import torch
 import torch.nn.functional as F
 
 from . import contracts, plugins
-from .artifacts import CONFIG, ITEM_EMBEDDINGS, ITEMS, MANIFEST, MAPPINGS, USER_HISTORIES
+from .artifacts import (
+    ARTIFACT_FILES,
+    BASELINE_METRICS,
+    MANIFEST,
+    TEST_METRICS,
+    TRAIN_LOG,
+)
 from .config import TwoTowerConfig
 from .data.padding import pad_left
 from .data.split import Split, make_split
@@ -369,12 +375,13 @@ def check_retriever(retriever: str | type, **params: Any) -> None:
     rng = np.random.default_rng(0)
     items, queries, k = unit_vectors(rng, 500, 16), unit_vectors(rng, 20, 16), 10
     index = cls.build(items, **params)
+    conforms(f"{what}: what build() returns", index, contracts.Retriever)
     exact = ExactRetriever.build(items)
 
     sizes = [0, 400, 1, *rng.integers(0, 200, len(queries) - 3)]  # none, most, one, some
     exclude = [set(rng.choice(len(items), size=size, replace=False).tolist()) for size in sizes]
     for excluded in (None, exclude, [np.fromiter(e, dtype=np.int64) for e in exclude]):
-        ids, scores = index.search(queries, k, exclude=excluded)
+        ids, scores = searched(what, index, queries, k, excluded)
         assert_search_result(what, ids, scores, items, queries, k)
         for row, banned in enumerate(excluded or []):
             returned = set(ids[row].tolist()) & set(np.asarray(list(banned)).tolist())
@@ -387,7 +394,7 @@ def check_retriever(retriever: str | type, **params: Any) -> None:
     for left in (k, k - 3):
         keep = rng.choice(len(items), size=left, replace=False)
         excluded = [set(range(len(items))) - set(keep.tolist())] * 2
-        ids, scores = index.search(queries[:2], k, exclude=excluded)
+        ids, scores = searched(what, index, queries[:2], k, excluded)
         expected, _ = exact.search(queries[:2], k, exclude=excluded)
         assert (ids == expected).all(), (
             f"{what}: with {left} items not excluded, returned {ids.tolist()}, "
@@ -397,7 +404,7 @@ def check_retriever(retriever: str | type, **params: Any) -> None:
             f"{what}: scores {scores.tolist()}: an id -1 scores -inf, and only an id -1"
         )
     beyond = len(items) + 5
-    ids, scores = index.search(queries[:2], beyond)
+    ids, scores = searched(what, index, queries[:2], beyond, None)
     assert ids.shape == scores.shape == (2, beyond), (
         f"{what}: k = {beyond}, past the catalog of {len(items)}, gave shape {ids.shape}; "
         f"expected {(2, beyond)}, -1 filled"
@@ -411,6 +418,15 @@ def check_retriever(retriever: str | type, **params: Any) -> None:
     check_save_load(what, name, cls, index, queries, exclude)
     if isinstance(retriever, str):
         check_torch_free(what, cls.__module__)
+
+
+def searched(what, index, queries, k, exclude) -> tuple[np.ndarray, np.ndarray]:
+    """``index.search``, whose answer must be the pair ``(ids, scores)``."""
+    answer = index.search(queries, k, exclude=exclude)
+    assert isinstance(answer, tuple | list) and len(answer) == 2, (
+        f"{what}: search() must return (ids, scores), got {type(answer).__name__} {answer!r:.80}"
+    )
+    return answer[0], answer[1]
 
 
 def assert_search_result(what, ids, scores, items, queries, k) -> None:
@@ -429,11 +445,15 @@ def assert_search_result(what, ids, scores, items, queries, k) -> None:
     assert (np.diff(scores, axis=1) <= 1e-6).all(), f"{what}: results are not best first"
 
 
+# every file of an artifacts folder, which an index saved beside them must leave as they are
+TWOTOWER_FILES = (*ARTIFACT_FILES, TRAIN_LOG, TEST_METRICS, BASELINE_METRICS, MANIFEST)
+
+
 def check_save_load(what, name, cls, index, queries, exclude) -> None:
     """Save into a folder holding twotower's own files, as ``fit`` does: they stay as they
     were, the index's files are its own, and what loads answers as the index did."""
     with tempfile.TemporaryDirectory() as folder:
-        for own in (MANIFEST, CONFIG, ITEM_EMBEDDINGS, MAPPINGS, ITEMS, USER_HISTORIES):
+        for own in TWOTOWER_FILES:
             (Path(folder) / own).write_text("{}")
         try:
             written = save_index(name, index, Path(folder))
@@ -443,8 +463,8 @@ def check_save_load(what, name, cls, index, queries, exclude) -> None:
         loaded = cls.load(Path(folder))
         for excluded in (None, exclude):
             before, after = (
-                index.search(queries, 10, excluded),
-                loaded.search(queries, 10, excluded),
+                searched(what, index, queries, 10, excluded),
+                searched(f"{what} after save/load", loaded, queries, 10, excluded),
             )
             assert (before[0] == after[0]).all() and np.allclose(before[1], after[1]), (
                 f"{what}: results differ after save/load"
@@ -454,6 +474,11 @@ def check_save_load(what, name, cls, index, queries, exclude) -> None:
             cls.load(Path(empty))
         except FileNotFoundError:
             pass  # twotower then builds the index in memory
+        except Exception as exc:
+            raise AssertionError(
+                f"{what}: load() of a folder without its files must raise FileNotFoundError, "
+                f"not {type(exc).__name__}: {exc}"
+            ) from None
         else:
             raise AssertionError(f"{what}: load() of a folder without its files must raise")
 
