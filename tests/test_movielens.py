@@ -138,11 +138,12 @@ def test_both_layouts_give_the_same_item_metadata(tmp_path):
         ("gl", "cut", "of the rated items (e.g. item "),
         ("rb", "garbage\nline\n", "no column item_id, movie_title, class (found garbage)"),
         ("rb", "cut", "of the rated items (e.g. item "),
+        ("rb-inter", "user\titem\n1\t2\n", "no column user_id, item_id, rating, timestamp"),
     ],
 )
 def test_an_item_file_that_is_not_movielens_is_named(tmp_path, layout, item_file, said):
     files = grouplens_files() if layout == "gl" else recbole_files()
-    name = "u.item" if layout == "gl" else "ml-100k.item"
+    name = {"gl": "u.item", "rb": "ml-100k.item", "rb-inter": "ml-100k.inter"}[layout]
     if item_file == "cut":  # the first lines only: part of the catalog without its row
         item_file = "".join(files[name].decode("latin-1").splitlines(keepends=True)[:2])
     folder = write_files(tmp_path / layout, {**files, name: item_file.encode("latin-1")})

@@ -106,6 +106,7 @@ def read_recbole(folder: Path) -> Dataset:
     source = folder / "ml-100k.inter"
     raw = _read_table(source, sep="\t", header=0)
     raw.columns = [c.split(":")[0] for c in raw.columns]  # "user_id:token" -> "user_id"
+    require_columns(raw, ("user_id", "item_id", "rating", "timestamp"), source)
     raw = raw.rename(columns={"user_id": "user", "item_id": "item"})
     interactions = normalise_interactions(raw, str(source), has_rating=True)
     items = None
@@ -113,11 +114,7 @@ def read_recbole(folder: Path) -> Dataset:
     if item_file.is_file():
         table = _read_table(item_file, sep="\t", header=0)
         table.columns = [c.split(":")[0] for c in table.columns]
-        missing = [c for c in ("item_id", "movie_title", "class") if c not in table.columns]
-        if missing:
-            raise TwoTowerError(
-                f"{item_file}: no column {', '.join(missing)} (found {', '.join(table.columns)})"
-            )
+        require_columns(table, ("item_id", "movie_title", "class"), item_file)
         genres = table["class"].fillna("").astype(str)
         items = pd.DataFrame(
             {
@@ -128,6 +125,13 @@ def read_recbole(folder: Path) -> Dataset:
         )
         check_covers(items, interactions, item_file)
     return Dataset("movielens-100k", interactions, items)
+
+
+def require_columns(table: pd.DataFrame, names: Sequence[str], path: Path) -> None:
+    missing = [name for name in names if name not in table.columns]
+    if missing:
+        found = ", ".join(map(str, table.columns))
+        raise TwoTowerError(f"{path}: no column {', '.join(missing)} (found {found})")
 
 
 def check_covers(items: pd.DataFrame, interactions: pd.DataFrame, item_file: Path) -> None:
