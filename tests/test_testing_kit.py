@@ -57,6 +57,34 @@ def test_check_user_encoder_catches_a_non_finite_cold_user():
     assert "checked-ColdUserNaN" not in plugins.user_encoders()  # registered for the check only
 
 
+class Float64Vectors(MeanEncoder):
+    def forward(self, user_ids, history, history_mask):
+        return super().forward(user_ids, history, history_mask).double()
+
+
+class NotScriptable(MeanEncoder):
+    """Exports to ONNX, but TorchScript cannot compile a lambda attribute it calls."""
+
+    def __init__(self, config, item_embedding, num_users):
+        super().__init__(config, item_embedding, num_users)
+        self.post = lambda x: x
+
+    def forward(self, user_ids, history, history_mask):
+        return self.post(super().forward(user_ids, history, history_mask))
+
+
+@pytest.mark.parametrize(
+    ("encoder", "message"),
+    [
+        (Float64Vectors, "user encoder .*Float64Vectors' returned a torch.float64 tensor"),
+        (NotScriptable, "cannot be exported by format 'torchscript' \\(RuntimeError"),
+    ],
+)
+def test_check_user_encoder_speaks_in_assertions_naming_the_rule(encoder, message):
+    with pytest.raises(AssertionError, match=message):
+        testing.check_user_encoder(encoder)
+
+
 class Peeking(MeanEncoder):
     """Claims sequence mode but gives every position the whole history's vector."""
 

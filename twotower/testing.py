@@ -203,7 +203,10 @@ def check_user_encoder(encoder: str | type, **config_changes: Any) -> None:
     with registered("user_encoders", encoder) as name:
         config = tiny_config(user_encoder=name, **config_changes)
         what = f"user encoder {name!r}"
-        result = train(config, tiny_split())
+        try:  # training's own checks (vector shapes, dtypes) speak as the kit does
+            result = train(config, tiny_split())
+        except TwoTowerError as problem:  # it names the encoder
+            raise AssertionError(str(problem)) from None
         losses = [entry["loss"] for entry in result.log]
         assert all(math.isfinite(loss) for loss in losses), f"{what}: training loss {losses}"
         if len(losses) > 1:
@@ -216,7 +219,13 @@ def check_user_encoder(encoder: str | type, **config_changes: Any) -> None:
         for format_name in plugins.formats().names():
             exporter = plugins.formats().get(format_name)()
             with tempfile.TemporaryDirectory() as folder:
-                exporter.export(model, Path(folder))
+                try:
+                    exporter.export(model, Path(folder))
+                except Exception as exc:  # the rule is "exports in every registered format"
+                    raise AssertionError(
+                        f"{what}: cannot be exported by format {format_name!r} "
+                        f"({type(exc).__name__}: {exc})"
+                    ) from exc
                 towers = exporter.load(Path(folder))
                 assert_towers_match(f"{what} exported to {format_name}", model, towers, False)
 
