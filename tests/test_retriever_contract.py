@@ -175,3 +175,21 @@ def test_a_fit_whose_retriever_fails_leaves_the_folder_it_would_replace(capsys, 
     assert error_line(code, err).startswith(f"error: retriever {name!r} ")
     assert snapshot(data / "artifacts") == before
     assert sorted(p.name for p in data.iterdir() if p.name.startswith(".")) == []
+
+
+class PrebuiltBuildRaises(BuildRaises):
+    prebuilt = True
+
+
+def test_a_prebuilt_retriever_that_cannot_build_breaks_only_runs_that_use_it(capsys, tmp_path):
+    """Every fit builds every prebuilt index; one plugin's failure must not fail the rest."""
+    with registering("register_retrievers", {"broken-prebuilt": PrebuiltBuildRaises}, "pb"):
+        with pytest.warns(UserWarning, match="'broken-prebuilt' could not build its index"):
+            code, _, err = run(capsys, *synthetic_fit(tmp_path / "data"))
+        assert code == 0, err
+        recommender = twotower.load(tmp_path / "data" / "artifacts")
+        assert len(recommender.recommend(recommender.user_ids[0], k=3)) == 3
+        argv = synthetic_fit(tmp_path / "other", "--retriever", "broken-prebuilt")
+        code, _, err = run(capsys, *argv)
+        assert error_line(code, err).startswith("error: retriever 'broken-prebuilt' could not")
+    assert not (tmp_path / "other" / "artifacts").exists()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numbers
 import threading
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import asdict, dataclass
@@ -447,14 +448,23 @@ def misranked(
 def prebuilt_indexes(item_vectors: np.ndarray, config: TwoTowerConfig) -> dict[str, Retriever]:
     """An index for every retriever that asks to be built ahead (``prebuilt``), by name,
     with its options: fit and export save them with the folder (``save_indexes``), so
-    loading never waits for a build."""
+    loading never waits for a build.
+
+    The configured retriever must build; another one that fails is left out with a
+    warning (a broken plugin must not break the rest), and builds on first use, or
+    says why it cannot, if it is ever asked for."""
     registry = plugins.retrievers()
     indexes = {}
     for name in registry.names():
         if capability(registry.get(name), "prebuilt"):
-            with refused_as(f"retriever {name!r} could not build its index"):
-                options = plugins.component_options(config, name, registry.get(name))
-                indexes[name] = registry.get(name).build(item_vectors, **options)
+            try:
+                with refused_as(f"retriever {name!r} could not build its index"):
+                    options = plugins.component_options(config, name, registry.get(name))
+                    indexes[name] = registry.get(name).build(item_vectors, **options)
+            except TwoTowerError as problem:
+                if name == config.retriever:
+                    raise
+                warnings.warn(f"{problem}; the folder is written without it", stacklevel=2)
     return indexes
 
 
