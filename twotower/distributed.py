@@ -86,11 +86,6 @@ def whole(name: str, default: str | None = None) -> int:
     return int(text)
 
 
-def launched() -> bool:
-    """Whether this process is one rank of a group torchrun (or another launcher) started."""
-    return launch() is not None
-
-
 def is_main_process() -> bool:
     """Rank 0, or the only process: the one that prints and writes (known before any setup)."""
     group = launch()
