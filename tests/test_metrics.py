@@ -64,8 +64,8 @@ def test_overlap_at_k_by_hand():
 
 def test_metric_ks_puts_the_headline_first_without_repeats():
     assert metric_ks(10) == (10, 20, 50)
-    assert metric_ks(5) == (5, 20, 50)
-    assert metric_ks(20) == (20, 50)
+    assert metric_ks(5) == (5, 10, 20, 50)  # the protocol's @10 keys whatever the headline
+    assert metric_ks(20) == (20, 10, 50)
 
 
 def test_target_ranks_counts_higher_scores():

@@ -103,7 +103,7 @@ class TwoTowerConfig:
     num_threads: int | None = opt(None, "torch CPU threads (default: torch's choice)")
 
     # --- evaluation and retrieval ------------------------------------------
-    k_eval: int = opt(10, "headline K of Recall/MRR/NDCG (20 and 50 are reported too)")
+    k_eval: int = opt(10, "headline K of Recall/MRR/NDCG (10, 20 and 50 are reported too)")
     mask_seen: bool = opt(True, "remove each user's earlier positives from the ranking")
     retriever: str = opt("exact", "retriever plugin used by recommend")
     hnsw_m: int = opt(16, "HNSW graph degree M")
