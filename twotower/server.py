@@ -256,7 +256,7 @@ class Metrics:
         )
         self.bundle = Gauge(
             "twotower_bundle_info",
-            "the bundle being served (value 1): version = sha256 of its manifest",
+            "the bundle being served (value 1): version = sha256 of its manifest (sorted-key JSON)",
             ["version", "format", "created"],
             registry=registry,
             multiprocess_mode="liveall",
