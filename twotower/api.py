@@ -28,6 +28,7 @@ from .progress import TrainingProgress, note
 from .recommendation import (
     Recommender,
     check_threads,
+    open_retriever,
     prebuilt_indexes,
     read_items,
     read_mappings,
@@ -143,7 +144,9 @@ def fit(config: TwoTowerConfig, progress: bool = True) -> FitResult:
         popularity = {stage: evaluate_popularity(split, stage, config) for stage in stages}
         if folder is not None:
             write_artifacts(folder, config, split, result.model, result.log, test, popularity)
-            load(folder)  # it opens, and its retriever answers, before it replaces anything
+            # its retriever must open and answer before the folder replaces anything
+            vectors = np.load(folder / files.ITEM_EMBEDDINGS, allow_pickle=False)
+            open_retriever(config.retriever, folder, vectors, config)
     return FitResult(
         config,
         target,
