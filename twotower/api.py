@@ -144,9 +144,6 @@ def fit(config: TwoTowerConfig, progress: bool = True) -> FitResult:
         popularity = {stage: evaluate_popularity(split, stage, config) for stage in stages}
         if folder is not None:
             write_artifacts(folder, config, split, result.model, result.log, test, popularity)
-            # its retriever must open and answer before the folder replaces anything
-            vectors = np.load(folder / files.ITEM_EMBEDDINGS, allow_pickle=False)
-            open_retriever(config.retriever, folder, vectors, config)
     return FitResult(
         config,
         target,
@@ -191,6 +188,8 @@ def write_artifacts(folder, config, split, model, train_log, test, popularity) -
     files.write_json(folder / files.TEST_METRICS, test)
     files.write_json(folder / files.BASELINE_METRICS, popularity)
     save_indexes(indexes, folder)  # last: an index may add files, not change these
+    # the run's retriever must open and answer before the folder replaces anything
+    open_retriever(config.retriever, folder, vectors, config)
     extra = {"config": config.to_dict(), "data_sha256": split.fingerprint}
     files.write_manifest(folder, "artifacts", extra)
 

@@ -57,6 +57,8 @@ BASELINE_METRICS = "popularity_metrics.json"
 # the files every loader of that kind reads, so the manifest must checksum them
 ARTIFACT_FILES = (MODEL, CONFIG, ITEM_EMBEDDINGS, MAPPINGS, ITEMS, USER_HISTORIES)
 BUNDLE_FILES = (CONFIG, ITEM_EMBEDDINGS, MAPPINGS, ITEMS, USER_HISTORIES)
+# every file fit writes into an artifacts folder (an index adds its own beside them)
+FITTED_FILES = (*ARTIFACT_FILES, TRAIN_LOG, TEST_METRICS, BASELINE_METRICS, MANIFEST)
 
 
 @dataclass

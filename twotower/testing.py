@@ -36,13 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from . import contracts, plugins
-from .artifacts import (
-    ARTIFACT_FILES,
-    BASELINE_METRICS,
-    MANIFEST,
-    TEST_METRICS,
-    TRAIN_LOG,
-)
+from .artifacts import FITTED_FILES
 from .config import TwoTowerConfig
 from .data.padding import pad_left
 from .data.split import Split, make_split
@@ -454,15 +448,11 @@ def assert_search_result(what, ids, scores, items, queries, k) -> None:
     assert (np.diff(scores, axis=1) <= 1e-6).all(), f"{what}: results are not best first"
 
 
-# every file of an artifacts folder, which an index saved beside them must leave as they are
-TWOTOWER_FILES = (*ARTIFACT_FILES, TRAIN_LOG, TEST_METRICS, BASELINE_METRICS, MANIFEST)
-
-
 def check_save_load(what, name, cls, index, queries, exclude) -> None:
     """Save into a folder holding twotower's own files, as ``fit`` does: they stay as they
     were, the index's files are its own, and what loads answers as the index did."""
     with tempfile.TemporaryDirectory() as folder:
-        for own in TWOTOWER_FILES:
+        for own in FITTED_FILES:  # an index saved beside them must leave them as they are
             (Path(folder) / own).write_text("{}")
         try:
             written = save_index(name, index, Path(folder))
