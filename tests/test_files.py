@@ -388,7 +388,7 @@ def test_item_listed_twice_in_items_file(tmp_path):
 
 
 def test_a_bad_row_is_named_by_its_line_past_blank_lines_and_quoted_line_breaks(tmp_path):
-    text = 'user,item,timestamp\n\n1,a,1\n1,"b\nc",2\n\n1,d,x\n'
+    text = 'user,item,timestamp,note\n\n1,a,1,\n1,b,2,"two\nlines"\n  \n1,d,x,\n'
     path = write(tmp_path / "x.csv", text)
     message = message_of(files.load_interactions, path)
     assert message == f"{path}: row 7, column 'timestamp': 'x' is not a number"  # line 7
@@ -421,9 +421,10 @@ def test_an_infinite_rating_is_refused_with_its_row(tmp_path):
     assert message == f"{path}: row 3, column 'rating': 'inf' is not a finite number"
 
 
-def test_a_blank_id_is_refused_with_its_row(tmp_path):
-    path = write(tmp_path / "x.csv", "user,item,timestamp\n1,1,10\n1,   ,11\n")
-    assert message_of(files.load_interactions, path) == f"{path}: row 3, column 'item': blank id"
+@pytest.mark.parametrize(("cell", "problem"), [("   ", "empty value"), ("\t", "blank id")])
+def test_a_blank_id_is_refused_with_its_row(tmp_path, cell, problem):
+    path = write(tmp_path / "x.csv", f"user,item,timestamp\n1,1,10\n1,{cell},11\n")
+    assert message_of(files.load_interactions, path) == f"{path}: row 3, column 'item': {problem}"
 
 
 def split_order(frame: pd.DataFrame) -> list[str]:
@@ -478,3 +479,98 @@ def test_a_missing_parquet_datetime_is_refused_with_its_row(tmp_path):
     pd.DataFrame({"user": ["u", "u"], "item": ["a", "b"], "timestamp": times}).to_parquet(path)
     message = message_of(files.load_interactions, path)
     assert message == f"{path}: row 2, column 'timestamp': empty value"
+
+
+def test_nanoseconds_written_as_fractional_seconds_keep_their_order(tmp_path):
+    """``date +%s.%N``: float64 would make the 400 and 500 ns times one, ordered by id."""
+    rows = [("w", 100), ("x", 200), ("y", 300), ("z", 400), ("b", 500), ("a", 600)]
+    text = "".join(f"u,{item},1600000000.000000{ns}\n" for item, ns in rows)
+    frame = files.load_interactions(write(tmp_path / "x.csv", "user,item,timestamp\n" + text))
+    assert split_order(frame) == ["w", "x", "y", "z", "b", "a"]
+
+
+def test_one_time_written_two_ways_is_one_time(tmp_path):
+    """1.5 and 1.50 tie (and are broken by item id), as their value says."""
+    text = "user,item,timestamp\nu,b,1.50\nu,a,1.5\nu,c,0.5\n"
+    frame = files.load_interactions(write(tmp_path / "x.csv", text))
+    assert frame["timestamp"].dtype == np.float64
+    assert split_order(frame) == ["c", "a", "b"]
+
+
+def test_a_parquet_date_orders_like_a_datetime(tmp_path):
+    path = tmp_path / "x.parquet"
+    days = [pd.Timestamp(day).date() for day in ("2020-01-03", "2020-01-01", "2020-01-02")]
+    pd.DataFrame({"user": ["u"] * 3, "item": ["a", "b", "c"], "timestamp": days}).to_parquet(path)
+    assert split_order(files.load_interactions(path)) == ["b", "c", "a"]
+
+
+@pytest.mark.parametrize("name", ["events.parq", "events", "events.csv"])
+def test_parquet_is_read_as_parquet_whatever_its_name(tmp_path, name):
+    path = tmp_path / name
+    frame = pd.DataFrame({"user": ["u", "u"], "item": ["a", "b"], "timestamp": [2, 1]})
+    frame.to_parquet(path)
+    assert files.load_interactions(path)["item"].tolist() == ["a", "b"]
+
+
+def test_rows_ending_in_a_delimiter_are_read_as_they_are(tmp_path):
+    """pandas would take the first column as the index: users would be the items."""
+    text = "user,item,timestamp,rating\nu0,2,1000,5,\nu1,3,1001,4,\n"
+    frame = files.load_interactions(write(tmp_path / "x.csv", text))
+    assert frame.to_dict("list") == {
+        "user": ["u0", "u1"],
+        "item": ["2", "3"],
+        "timestamp": [1000, 1001],
+        "rating": [5.0, 4.0],
+    }
+
+
+def test_values_past_the_header_s_columns_are_refused_with_their_line(tmp_path):
+    """Every row one value longer: pandas would drop the last values with a warning.
+    (Some rows longer is the ragged file of the test above.)"""
+    text = "user,item,timestamp\n\n1,a,10,\n1,b,11,7\n"
+    path = write(tmp_path / "x.csv", text)
+    message = message_of(files.load_interactions, path)
+    assert message == f"{path}: line 4 has 4 values where the header names 3 columns"
+
+
+def test_spaces_after_the_delimiter_are_not_part_of_names_or_values(tmp_path):
+    text = 'user, item, timestamp, title\nu, 7, 1, "Heat, the"\n'
+    frame = files.load_items(write(tmp_path / "x.csv", text))
+    assert frame[["item", "title"]].to_dict("records") == [{"item": "7", "title": "Heat, the"}]
+
+
+@pytest.mark.parametrize(("header", "mark"), [("user;item;timestamp", ";"), ("a|b|c", "|")])
+def test_a_header_with_another_delimiter_is_named_as_such(tmp_path, header, mark):
+    path = write(tmp_path / "x.csv", f"{header}\n1;a;4,5\n")
+    assert message_of(files.load_interactions, path) == (
+        f"{path}: its header {header!r} reads as one column: is it separated by {mark!r}? "
+        "twotower reads commas in a .csv and tabs in a .tsv"
+    )
+
+
+def test_a_quote_left_open_is_refused_not_joined_with_the_rows_after_it(tmp_path):
+    """Items 4 and 5 would vanish into item 3's title, and item 3 would get 5's genre."""
+    lines = ["item\ttitle\tgenres", "1\tOne\tDrama", '3\t"Quote\tComedy', "4\tFour\tAction"]
+    path = write(tmp_path / "items.tsv", "\n".join([*lines, '5\tFive "x"\tHorror']) + "\n")
+    message = message_of(files.load_items, path)
+    assert message.startswith(f"{path}: row 3, column 'title': 'Quote\\tComedy\\n4\\tFour")
+    assert message.endswith(
+        "holds a line break; is a quote left open? It joins the lines after it into this value"
+    )
+
+
+def test_an_items_file_without_rows_is_refused(tmp_path):
+    path = write(tmp_path / "items.csv", "item,title\n")
+    assert message_of(files.load_items, path) == f"{path}: no items"
+
+
+def test_items_the_items_file_leaves_out_are_counted(tmp_path, capsys):
+    from twotower.api import prepare
+
+    rows = "".join(f"u,{item},{item}\n" for item in range(1, 5))
+    ratings = write(tmp_path / "r.csv", "user,item,timestamp\n" + rows)
+    items = write(tmp_path / "items.csv", "item,title\n01,A\n2,B\n")
+    split = prepare(config(interactions=str(ratings), items=str(items)))
+    assert split.titles == ["", "B", "", ""] and split.undescribed == ["1", "3", "4"]
+    note = "3 of 4 items have no row in the items table (e.g. '1', '3', '4')"
+    assert note in capsys.readouterr().err

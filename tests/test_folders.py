@@ -342,6 +342,19 @@ def test_evaluate_refuses_data_other_than_the_fit_s(capsys, tmp_path, folders):
     assert f"is not the data {artifacts_dir} was fitted on (fingerprint " in line
 
 
+def test_evaluate_finds_data_a_fit_was_given_by_a_relative_path(capsys, tmp_path, monkeypatch):
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    rows = [f"{u},{(u * 3 + s) % 11 + 1},{100 * u + s}" for u in range(1, 25) for s in range(6)]
+    Path("ratings.csv").write_text("user,item,timestamp\n" + "\n".join(rows) + "\n")
+    argv = ["fit", "--interactions", "ratings.csv", "--artifacts-dir", "fitted", "--epochs", "1"]
+    assert run(capsys, *argv, "--no-progress", "--json")[0] == 0
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, "evaluate", "--artifacts-dir", "work/fitted", "--json")
+    assert code == 0, err
+    assert json.loads(out)["num_users"] == 24
+
+
 def test_evaluate_can_be_pointed_at_moved_data(capsys, tmp_path):
     ratings = tmp_path / "ratings.csv"
     rows = [f"{u},{(u * 3 + s) % 11 + 1},{100 * u + s}" for u in range(1, 25) for s in range(6)]

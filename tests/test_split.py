@@ -66,10 +66,19 @@ def test_integer_ids_past_int64_keep_their_order(big):
     assert split.item_ids == ["3", "4", "5", big, str(int(big) + 1)]
 
 
-def test_timestamp_ties_with_text_ids_are_broken_as_text():
+def test_timestamp_ties_put_integer_ids_first_by_value_then_text_ids_as_text():
     rows = [("u", "b", 5, 5), ("u", "10", 5, 5), ("u", "a", 5, 5), ("u", "9", 5, 5)]
     split = make_split(dataset(rows), min_rating=4.0)
-    assert raw_sequences(split) == {"u": ["10", "9", "a", "b"]}
+    assert raw_sequences(split) == {"u": ["9", "10", "a", "b"]}
+
+
+def test_a_tie_is_not_decided_by_another_users_item():
+    """One text id elsewhere in the catalog must not turn user u's 9 and 10 into text."""
+    rows = [("u", "1", 1, 5), ("u", "2", 2, 5), ("u", "9", 3, 5), ("u", "10", 3, 5)]
+    rows += [("v", "1", 1, 5), ("v", "2", 2, 5)]
+    for other in ("3", "x3"):
+        split = make_split(dataset([*rows, ("v", other, 3, 5)]), min_rating=4.0)
+        assert raw_sequences(split)["u"] == ["1", "2", "9", "10"]
 
 
 def test_order_does_not_depend_on_file_order():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,7 +76,14 @@ def load_dataset(config: TwoTowerConfig) -> Dataset:
 
 def prepare(config: TwoTowerConfig) -> Split:
     """Dataset plugin -> implicit filter -> temporal split (PROTOCOL.md)."""
-    return make_split(load_dataset(config), config.min_rating, config.min_user_positives)
+    split = make_split(load_dataset(config), config.min_rating, config.min_user_positives)
+    if split.undescribed and distributed.is_main_process():
+        count, examples = len(split.undescribed), ", ".join(map(repr, split.undescribed[:3]))
+        note(
+            f"{count:,} of {split.num_items:,} items have no row in the items table "
+            f"(e.g. {examples}): they have no title or genres"
+        )
+    return split
 
 
 def check_k_eval(k_eval: int, num_items: int) -> None:
@@ -171,7 +179,7 @@ def write_artifacts(folder, config, split, model, train_log, test, popularity) -
         },
         folder / files.MODEL,
     )
-    files.write_json(folder / files.CONFIG, config.to_dict())
+    files.write_json(folder / files.CONFIG, located(config).to_dict())
     files.save_array(folder / files.ITEM_EMBEDDINGS, vectors)
     files.write_json(folder / files.MAPPINGS, {"users": split.user_ids, "items": split.item_ids})
     items = [
@@ -190,8 +198,18 @@ def write_artifacts(folder, config, split, model, train_log, test, popularity) -
     save_indexes(indexes, folder)  # last: an index may add files, not change these
     # the run's retriever must open and answer before the folder replaces anything
     open_retriever(config.retriever, folder, vectors, config)
-    extra = {"config": config.to_dict(), "data_sha256": split.fingerprint}
+    extra = {"config": located(config).to_dict(), "data_sha256": split.fingerprint}
     files.write_manifest(folder, "artifacts", extra)
+
+
+def located(config: TwoTowerConfig) -> TwoTowerConfig:
+    """``config`` with its data paths absolute, as the artifacts keep it: ``evaluate``
+    finds the data from whatever folder it runs in."""
+    paths = ("data_dir", "interactions", "items")
+    given = {name: getattr(config, name) for name in paths}
+    return config.replace(
+        **{name: os.path.abspath(path) for name, path in given.items() if path is not None}
+    )
 
 
 def load_model(folder: Path, config: TwoTowerConfig) -> TwoTowerModel:

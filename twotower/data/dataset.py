@@ -116,6 +116,8 @@ def first(flags: pd.Series | np.ndarray) -> int:
 def _as_timestamp(values: pd.Series, source: str, row_offset: int) -> pd.Series:
     """Timestamps at full precision: whole numbers stay exact int64, fractional ones float64,
     datetimes become int64 counts of their own unit (ns, us, ...). Only their order is used."""
+    if pd.api.types.infer_dtype(values, skipna=True) == "date":  # Parquet's date32
+        values = pd.to_datetime(values)
     if pd.api.types.is_datetime64_any_dtype(values):
         missing = values.isna()
         if missing.any():
@@ -129,21 +131,33 @@ def _as_timestamp(values: pd.Series, source: str, row_offset: int) -> pd.Series:
         bad_row(source, position + row_offset, "timestamp", problem)
     if pd.api.types.is_integer_dtype(numbers):
         return numbers.astype("int64")
-    if not pd.api.types.is_numeric_dtype(values) and numbers.abs().max() >= FLOAT_EXACT:
+    if not pd.api.types.is_numeric_dtype(values) and _float_merges_times(values, numbers):
         return _exact_order(values)
     if (numbers % 1 == 0).all():
         return numbers.astype("int64")
     return numbers.astype("float64")
 
 
-FLOAT_EXACT = 2.0**53  # from here on float64 rounds whole numbers, so two times can become one
+def _float_merges_times(texts: pd.Series, numbers: pd.Series) -> bool:
+    """Whether float64 reads two different times written as text as one: more digits
+    than it holds (``1600000000.000000400`` and ``...500``, nanoseconds past 2^53).
+
+    Only a column with more distinct texts than distinct floats is read exactly
+    (``1.5`` and ``1.50`` are one time, and say so then)."""
+    distinct = numbers.nunique()
+    if texts.str.strip().nunique() == distinct:
+        return False
+    return len(set(_exact(texts.unique()))) > distinct
+
+
+def _exact(texts: np.ndarray) -> list[Decimal]:
+    return [Decimal(str(text).strip()) for text in texts]
 
 
 def _exact_order(texts: pd.Series) -> pd.Series:
-    """Dense int64 ranks of timestamps written as text that float64 cannot tell apart
-    (nanoseconds with a fraction somewhere in the column): the order is read exactly."""
-    exact = np.array([Decimal(str(text).strip()) for text in texts], dtype=object)
-    ranks = np.unique(exact, return_inverse=True)[1]
+    """Dense int64 ranks of timestamps written as text that float64 cannot tell apart:
+    the order is read exactly."""
+    ranks = np.unique(np.array(_exact(texts), dtype=object), return_inverse=True)[1]
     return pd.Series(ranks.astype("int64"), index=texts.index)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import TwoTowerError
-from .dataset import BadRow, Dataset, as_id, bad_row, normalise_interactions
+from .dataset import BadRow, Dataset, as_id, bad_row, first, normalise_interactions
 
 ALIASES = {
     "user": ("user", "user_id", "userId", "userid", "UserID"),
@@ -41,8 +42,25 @@ def kind_suffix(path: Path) -> str:
     return suffixes[-1] if suffixes else ""
 
 
+PARQUET_MAGIC = b"PAR1"  # the first and last four bytes of every Parquet file
+
+
 def is_parquet(path: Path) -> bool:
-    return kind_suffix(path) in (".parquet", ".pq")
+    """Named ``.parquet``/``.pq``, or Parquet by its content whatever its name
+    (``events.parq``): read as text it would be "not UTF-8"."""
+    if kind_suffix(path) in (".parquet", ".pq"):
+        return True
+    try:
+        with path.open("rb") as data:
+            head = data.read(len(PARQUET_MAGIC))
+            data.seek(max(data.seek(0, 2) - len(PARQUET_MAGIC), 0))
+            return head == data.read() == PARQUET_MAGIC
+    except OSError:
+        return False
+
+
+def delimiter(path: Path) -> str:
+    return "\t" if kind_suffix(path) in (".tsv", ".tab") else ","
 
 
 def first_row(path: Path) -> int:
@@ -59,9 +77,18 @@ def read_file(path: Path) -> pd.DataFrame:
     try:
         if is_parquet(path):
             return pd.read_parquet(path)  # pyarrow refuses a name twice itself
-        sep = "\t" if kind_suffix(path) in (".tsv", ".tab") else ","
-        header = pd.read_csv(path, sep=sep, dtype=str, header=None, nrows=1).iloc[0].tolist()
-        frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""])
+        # index_col=False: rows ending in a delimiter are read as they are, not shifted
+        # one column left (pandas would take their first column as the index)
+        options = dict(sep=delimiter(path), dtype=str, skipinitialspace=True, index_col=False)
+        header = pd.read_csv(path, header=None, nrows=1, **options).iloc[0].tolist()
+        check_delimiter(header, path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            frame = pd.read_csv(path, keep_default_na=False, na_values=[""], **options)
+    except TwoTowerError:
+        raise
+    except pd.errors.ParserWarning:  # values past the header's columns: they would be lost
+        raise TwoTowerError(f"{path}: {longer_than_header(path, len(header))}") from None
     except UnicodeDecodeError:
         raise TwoTowerError(f"{path}: {not_utf8(path)}; save it as UTF-8") from None
     except Exception as exc:  # pandas/pyarrow raise many types for unreadable files
@@ -74,9 +101,21 @@ def read_file(path: Path) -> pd.DataFrame:
     return frame
 
 
+def check_delimiter(header: list[Any], path: Path) -> None:
+    """A header of one column spelled with another delimiter (``user;item;rating``, as
+    spreadsheets write where the decimal mark is a comma) is named as such."""
+    if len(header) == 1 and isinstance(header[0], str):
+        used = next((mark for mark in (";", "\t", "|", ",") if mark in header[0]), None)
+        if used is not None:
+            raise TwoTowerError(
+                f"{path}: its header {header[0]!r} reads as one column: is it separated by "
+                f"{used!r}? twotower reads commas in a .csv and tabs in a .tsv"
+            )
+
+
 def not_utf8(path: Path) -> str:
     """Where a text file stops being UTF-8 (the parser only knows a position in its buffer)."""
-    if kind_suffix(path) != path.suffix.lower():
+    if is_compressed(path):
         return "it is not UTF-8 text"  # compressed: its lines are not at hand
     with path.open("rb") as lines:
         for number, line in enumerate(lines, start=1):
@@ -120,6 +159,11 @@ def pick_column(frame: pd.DataFrame, role: str, chosen: str | None, path: Path, 
     return None
 
 
+def by_role(frame: pd.DataFrame, columns: dict[str, str | None]) -> pd.DataFrame:
+    """The columns picked for their roles, named by role."""
+    return pd.DataFrame({role: frame[col] for role, col in columns.items() if col is not None})
+
+
 def load_interactions(
     path: Path,
     user_col: str | None = None,
@@ -139,9 +183,10 @@ def load_interactions(
         },
         path,
     )
-    picked = pd.DataFrame({role: frame[col] for role, col in columns.items() if col is not None})
+    picked = by_role(frame, columns)
     has_rating = columns["rating"] is not None
     with rows_as_lines(path):
+        check_one_line_each(picked, path)
         return normalise_interactions(picked, str(path), has_rating, row_offset=first_row(path))
 
 
@@ -159,23 +204,71 @@ def rows_as_lines(path: Path) -> Iterator[None]:
         raise bad.at(line) from None
 
 
-def line_of_record(path: Path, record: int) -> int | None:
-    """The line where data record ``record`` (0 = the one after the header) starts, as
-    pandas reads the file (blank lines skipped); None for a compressed file."""
-    if kind_suffix(path) != path.suffix.lower():
-        return None
-    delimiter = "\t" if kind_suffix(path) in (".tsv", ".tab") else ","
+def records(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """The records of an uncompressed CSV/TSV as pandas reads them (blank lines, or lines
+    of spaces, skipped), each with the line it starts on; the header first."""
     with path.open(encoding="utf-8-sig", newline="") as text:
-        reader = csv.reader(text, delimiter=delimiter)
-        seen, previous = -1, 0  # the header is record -1
+        reader = csv.reader(text, delimiter=delimiter(path), skipinitialspace=True)
+        previous = 0
         for row in reader:
             start, previous = previous + 1, reader.line_num
-            if not row:  # a blank line
-                continue
-            if seen == record:
-                return start
-            seen += 1
-    return None
+            if any(field.strip() for field in row):
+                yield start, row
+
+
+def is_compressed(path: Path) -> bool:
+    return kind_suffix(path) != path.suffix.lower()
+
+
+def line_of_record(path: Path, record: int) -> int | None:
+    """The line where data record ``record`` (0 = the one after the header) starts; None
+    for a compressed file."""
+    if is_compressed(path):
+        return None
+    return next((line for seen, (line, _) in enumerate(records(path)) if seen == record + 1), None)
+
+
+def longer_than_header(path: Path, width: int) -> str:
+    """What to say of a file whose rows hold values past the header's ``width`` columns."""
+    if not is_compressed(path):
+        for line, row in records(path):
+            if len(row) > width and any(field.strip() for field in row[width:]):
+                return f"line {line} has {len(row)} values where the header names {width} columns"
+    return f"a row has more values than the header names columns ({width})"
+
+
+def line_count(path: Path) -> int | None:
+    """Lines in an uncompressed file (a last line without its newline counts); None when
+    compressed."""
+    if is_compressed(path):
+        return None
+    newlines, last = 0, b""
+    with path.open("rb") as data:
+        for block in iter(lambda: data.read(1 << 20), b""):
+            newlines, last = newlines + block.count(b"\n"), block
+    return newlines + (not last.endswith(b"\n"))
+
+
+def check_one_line_each(frame: pd.DataFrame, path: Path) -> None:
+    """The values read (of the columns a role picked) hold no line break.
+
+    A quote left open joins the lines after it into one value, and their
+    rows would be lost without a word. Only a file with more lines than
+    records (a quoted line break, a blank line) is searched.
+    """
+    if is_parquet(path) or line_count(path) == len(frame) + 1:
+        return
+    for column in frame.columns:
+        broken = frame[column].str.contains("[\r\n]", regex=True, na=False)
+        if broken.any():
+            position = first(broken)
+            value = frame[column].iloc[position]
+            shown = repr(value) if len(value) <= 60 else f"{value[:60]!r}..."
+            problem = (
+                f"{shown} holds a line break; is a quote left open? It joins the lines "
+                "after it into this value"
+            )
+            bad_row(str(path), position + first_row(path), column, problem)
 
 
 def load_items(
@@ -185,15 +278,19 @@ def load_items(
     genres_col: str | None = None,
 ) -> pd.DataFrame:
     frame = read_file(path)
-    item, title, genres = distinct_columns(
+    if frame.empty:  # a table that names no item would leave every item undescribed
+        raise TwoTowerError(f"{path}: no items")
+    columns = distinct_columns(
         {
             "item": pick_column(frame, "item", item_col, path, required=True),
             "title": pick_column(frame, "title", title_col, path, required=False),
             "genres": pick_column(frame, "genres", genres_col, path, required=False),
         },
         path,
-    ).values()
+    )
+    item, title, genres = columns.values()
     with rows_as_lines(path):
+        check_one_line_each(by_role(frame, columns), path)
         items = pd.DataFrame({"item": as_id(frame[item], "item", str(path), first_row(path))})
         items["title"] = frame[title].fillna("").astype(str) if title else items["item"]
         if genres:

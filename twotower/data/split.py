@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import cached_property
 
@@ -36,6 +36,8 @@ class Split:
     item_genres: np.ndarray  # [num_items + 1, num_genres] float32 multi-hot; row 0 = padding
     titles: list[str]  # title of item index i + 1 ("" when unknown)
     genres: list[list[str]]  # genres of item index i + 1
+    # items of the catalog without a row in the dataset's items table (none without a table)
+    undescribed: list[str] = field(default_factory=list)
 
     @property
     def num_users(self) -> int:
@@ -72,36 +74,36 @@ class Split:
         return hashlib.sha256(json.dumps(content).encode("utf-8")).hexdigest()
 
 
-def integer_keys(ids: pd.Series) -> np.ndarray | None:
-    """Each id as the integer it spells, when every id spells one, else None.
-
-    int64 where they fit; past it (20-digit ids), exact Python integers read
-    from the text, since int64 would wrap and float64 would round them.
-    """
-    numeric = pd.to_numeric(ids, errors="coerce")
-    if not (numeric.notna().all() and (numeric % 1 == 0).all()):
-        return None
+def integer_values(texts: np.ndarray) -> np.ndarray:
+    """The integers ``texts`` spell (each spells one): int64 where they fit; past it
+    (20-digit ids), exact Python integers read from the text, since int64 would wrap
+    and float64 would round them."""
+    numeric = pd.to_numeric(pd.Series(texts, dtype=object))
     if numeric.dtype == np.int64:
         return numeric.to_numpy()
-    return np.array([int(Decimal(text)) for text in ids], dtype=object)
+    return np.array([int(Decimal(text)) for text in texts], dtype=object)
 
 
 def id_order(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The order of distinct ``ids`` (strings): as integers when every id is one, else as
-    text; and each id's key rank.
+    """The order of distinct ``ids`` (strings) and each id's key rank: first the ids that
+    spell integers, by their value, then the others, as text.
 
-    Ids with equal keys ("1" and "01") are ordered by their text and share
-    a key rank, which is what timestamp ties are broken by.
+    Two ids compare the same way whatever other ids the catalog holds, so a
+    timestamp tie (broken by this order) is not decided by an item elsewhere.
+    Ids with equal values ("1" and "01") are ordered by their text and share
+    a key rank.
     """
     order = np.argsort(ids, kind="stable")  # as text
-    keys = integer_keys(pd.Series(ids[order], dtype=object))
-    if keys is not None:
-        by_key = np.argsort(keys, kind="stable")
-        order, keys = order[by_key], keys[by_key]
-    else:
-        keys = ids[order]
+    numeric = pd.to_numeric(pd.Series(ids[order], dtype=object), errors="coerce")
+    whole = (numeric.notna() & (numeric % 1 == 0)).to_numpy()
+    values = integer_values(ids[order][whole])
+    by_value = np.argsort(values, kind="stable")
+    order = np.concatenate([order[whole][by_value], order[~whole]])
+    values = values[by_value]
+    new_value = np.concatenate([[True], values[1:] != values[:-1]])[: len(values)]
+    starts_rank = np.concatenate([new_value, np.ones(len(ids) - len(values), dtype=bool)])
     ranks = np.empty(len(ids), dtype=np.int64)
-    ranks[order] = np.concatenate([[0], np.cumsum(keys[1:] != keys[:-1])]) if len(ids) else []
+    ranks[order] = np.cumsum(starts_rank) - 1
     return order, ranks
 
 
@@ -183,12 +185,13 @@ def make_split(dataset: Dataset, min_rating: float, min_user_positives: int = 3)
 
     item_ids = [str(i) for i in item_names[present_items[item_order]]]
     user_ids = [str(u) for u in user_names[user_order]]
-    genre_names, item_genres, titles, genres = _item_features(dataset, item_ids)
-    return Split(user_ids, item_ids, sequences, genre_names, item_genres, titles, genres)
+    features = _item_features(dataset, item_ids)
+    return Split(user_ids, item_ids, sequences, *features)
 
 
 def _item_features(dataset: Dataset, item_ids: list[str]):
-    """Multi-hot genres, titles and genre lists aligned with item indexes.
+    """Multi-hot genres, titles and genre lists aligned with item indexes, and the items
+    the table does not describe.
 
     An items table that names none of the items is refused: its ids are
     spelled otherwise (``10.0`` for ``10``), and every title would be lost.
@@ -196,10 +199,12 @@ def _item_features(dataset: Dataset, item_ids: list[str]):
     items = dataset.items
     if items is None:
         no_genres = np.zeros((len(item_ids) + 1, 0), dtype=np.float32)
-        return [], no_genres, [""] * len(item_ids), [[] for _ in item_ids]
+        return [], no_genres, [""] * len(item_ids), [[] for _ in item_ids], []
+    if items.empty:
+        raise TwoTowerError(f"{dataset.name}: its items table lists no items")
     by_id = items.drop_duplicates("item").set_index("item")
     known = pd.Index(item_ids).isin(by_id.index)
-    if len(by_id) and not known.any():
+    if not known.any():
         raise TwoTowerError(
             f"{dataset.name}: none of the {len(by_id)} items of its items table is an item of "
             f"its interactions (items: {', '.join(map(repr, by_id.index[:3]))}, ...; "
@@ -213,7 +218,8 @@ def _item_features(dataset: Dataset, item_ids: list[str]):
     multi_hot = np.zeros((len(item_ids) + 1, len(genre_names)), dtype=np.float32)
     rows = [row for row, gs in enumerate(genres, start=1) for _ in gs]
     multi_hot[rows, [column[g] for gs in genres for g in gs]] = 1.0
-    return genre_names, multi_hot, titles, genres
+    undescribed = [item for item, described in zip(item_ids, known, strict=True) if not described]
+    return genre_names, multi_hot, titles, genres, undescribed
 
 
 def train_items(split: Split) -> tuple[np.ndarray, np.ndarray]:
@@ -253,12 +259,18 @@ class Examples:
         return np.where(inside, self.items[positions.clip(min=0)], 0)
 
 
+NO_TRAINING_EXAMPLES = (
+    "no training examples: every user has fewer than 4 positives (4 different items: an "
+    "item a user repeats counts once)"
+)
+
+
 def training_examples(split: Split, max_history_len: int) -> Examples:
     """Every ``([i1..i_{t-1}], i_t)`` with ``t >= 2`` of each train sequence."""
     items, starts = train_items(split)
     pairs = np.diff(starts) - 1  # a user with n train items has n - 1 examples
     if not pairs.any():
-        raise TwoTowerError("no training examples: every user has fewer than 4 positives")
+        raise TwoTowerError(NO_TRAINING_EXAMPLES)
     users = np.repeat(np.arange(1, split.num_users + 1), pairs)
     firsts = np.repeat(starts[:-1], pairs)
     ends = firsts + 1 + np.arange(len(users)) - np.repeat(np.cumsum(pairs) - pairs, pairs)
@@ -300,7 +312,7 @@ def training_windows(split: Split, max_history_len: int) -> Windows:
     pairs = np.diff(starts) - 1
     counts = np.where(pairs > 0, 1 + np.maximum(0, -(-(pairs - length) // stride)), 0)
     if not counts.any():
-        raise TwoTowerError("no training examples: every user has fewer than 4 positives")
+        raise TwoTowerError(NO_TRAINING_EXAMPLES)
     users = np.repeat(np.arange(1, split.num_users + 1), counts)  # [W]
     k = np.arange(len(users)) - np.repeat(np.cumsum(counts) - counts, counts)  # window of user
     user_pairs = pairs[users - 1]
