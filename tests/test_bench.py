@@ -163,6 +163,9 @@ def test_suite_lists_are_refused_empty_or_with_repeats(capsys, argv, says):
         (["scale-train", "--dataset", "synthetic"], "sets --dataset itself"),
         (["train", "--user-encoder", "gru"], "bench train sets --user-encoder itself"),
         (["accuracy", "--seed", "3"], "bench accuracy sets --seed itself"),
+        (["accuracy", "--artifacts-dir", "x"], "sets --artifacts-dir itself (every fit writes"),
+        (["train", "--artifacts-dir", "x"], "sets --artifacts-dir itself (every fit writes"),
+        (["scale-train", "--retriever", "exact"], "sets --retriever itself (its index stage"),
     ],
 )
 def test_a_setting_a_suite_decides_itself_is_refused(capsys, argv, says):
@@ -228,3 +231,17 @@ def test_a_result_twotower_wrote_is_replaced_through_a_link(tmp_path, capsys):
         assert code == 0, err
     assert link.is_symlink() and json.loads(json_file.read_text())["command"].startswith("twotower")
     assert all(report.written_by_twotower(path) for path in (json_file, markdown, plot))
+
+
+def test_a_result_file_inside_a_twotower_folder_is_refused(capsys, fitted_artifacts):
+    """One file its manifest does not list would make the folder unloadable."""
+    base = ["bench", "scale", "--sizes", "50", "--queries", "5", "--repeats", "2"]
+    before = snapshot(fitted_artifacts)
+    code, _, err = run(capsys, *base, "--json-file", fitted_artifacts / "scale.json")
+    folder = fitted_artifacts.resolve()
+    assert error_line(code, err) == (
+        f"error: {folder / 'scale.json'} is inside {folder}, "
+        "a twotower folder whose manifest lists every file it holds (one more would make it "
+        "unloadable); write the result elsewhere"
+    )
+    assert snapshot(fitted_artifacts) == before

@@ -438,7 +438,8 @@ def test_int8_records_parity_instead_of_enforcing_it(
     assert code == 0, err
     printed = json.loads(stdout)
     manifest = json.loads((out / artifacts.MANIFEST).read_text())
-    assert printed == {"bundle": str(out), "format": "onnx", "parity": manifest["parity"]}
+    described = {"bundle": str(out), "format": "onnx", "quantization": scheme}
+    assert printed == {**described, "parity": manifest["parity"]}
     assert manifest["quantization"] == scheme
     assert manifest["format"] == "onnx" and manifest["opset"] == OPSET
     parity = manifest["parity"]

@@ -15,9 +15,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import error_line, refused, run, snapshot, synthetic_fit
+from helpers import error_line, refused, registering, run, snapshot, synthetic_fit
 
 from twotower import artifacts
+from twotower.data.synthetic import load as load_synthetic
 
 
 @pytest.fixture()
@@ -371,3 +372,47 @@ def test_evaluate_can_be_pointed_at_moved_data(capsys, tmp_path):
     moved.write_text(moved.read_text().replace("\n1,", "\n2,", 1))  # one interaction moves user
     line = refused(capsys, tmp_path, "evaluate", "--artifacts-dir", fitted, "--interactions", moved)
     assert line.startswith(f"error: the data ({moved}) is not the data {fitted} was fitted on")
+
+
+def test_fit_refuses_a_target_that_holds_its_data_folder(capsys, tmp_path):
+    """The swap would put the artifacts where the data folder (downloaded into during the
+    run) was, and delete it."""
+    (tmp_path / "run" / "data").mkdir(parents=True)
+    argv = synthetic_fit(tmp_path / "run" / "data", "--artifacts-dir", tmp_path / "run")
+    line = refused(capsys, tmp_path, *argv)
+    assert line == (
+        f"error: {tmp_path / 'run'} would replace {tmp_path / 'run' / 'data'}, the data folder "
+        "of this run, with what it writes; choose a folder that does not hold it"
+    )
+
+
+def test_what_appears_in_the_target_during_a_run_is_not_swapped_away(capsys, tmp_path):
+    """A dataset that writes into the target (a download there) finds it kept, the run refused."""
+    target = tmp_path / "out"
+
+    def downloads_into_the_target(config):
+        (target / "ml").mkdir(parents=True)
+        (target / "ml" / "u.data").write_text("the user's data")
+        return load_synthetic(config)
+
+    with registering("register_datasets", {"fills": downloads_into_the_target}, "fills"):
+        argv = synthetic_fit(tmp_path / "data", "--artifacts-dir", target)
+        code, _, err = run(capsys, *argv[:2], "fills", *argv[3:])
+    assert error_line(code, err) == (
+        f"error: {target} exists and is not a twotower artifacts folder; choose another folder"
+    )
+    assert (target / "ml" / "u.data").read_text() == "the user's data"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+@pytest.mark.parametrize("way", ["file", "loop"])
+def test_a_target_beyond_a_file_or_a_loop_of_links_is_one_line(capsys, tmp_path, way):
+    if way == "file":
+        (tmp_path / "afile").write_text("mine")
+        target, says = tmp_path / "afile" / "sub", f"cannot create {tmp_path / 'afile'} ("
+    else:
+        (tmp_path / "a").symlink_to(tmp_path / "b")
+        (tmp_path / "b").symlink_to(tmp_path / "a")
+        target, says = tmp_path / "a" / "sub", f"cannot follow the links of {tmp_path / 'a'}"
+    line = refused(capsys, tmp_path, *synthetic_fit(tmp_path / "d", "--artifacts-dir", target))
+    assert line.startswith(f"error: {says}")

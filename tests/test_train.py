@@ -4,11 +4,13 @@ import json
 
 import pytest
 import torch
-from helpers import TINY, error_line, run, tiny_config
+from helpers import TINY, error_line, run, synthetic_fit, tiny_config
+from torch import nn
 
-from twotower import TwoTowerError, fit, plugins
+from twotower import TwoTowerError, fit, plugins, testing
 from twotower.api import prepare
 from twotower.hookspecs import hookimpl
+from twotower.towers.mean import MeanEncoder
 from twotower.train import start_training, stop_if_diverged, train_epoch
 from twotower.validation import validate
 
@@ -66,6 +68,34 @@ def test_sequence_mode_needs_an_encoder_that_can(tmp_path):
     config = tiny_config(tmp_path, train_mode="sequence", causal=False)
     with pytest.raises(TwoTowerError, match="cannot train in sequence mode"):
         fit(config, progress=False)
+
+
+class PrefixOnly(nn.Module):
+    """A user encoder with no ``encode_sequence``: prefix mode only."""
+
+    def __init__(self, config, item_embedding, num_users):
+        super().__init__()
+        self.inner = MeanEncoder(config, item_embedding, num_users)
+
+    def forward(self, user_ids, history, history_mask):
+        return self.inner(user_ids, history, history_mask)
+
+
+@pytest.mark.parametrize(
+    ("encoder", "causal", "why"),
+    [
+        ("transformer", False, "its attention is not causal"),
+        (PrefixOnly, True, "needs a causal encode_sequence"),
+    ],
+)
+def test_sequence_mode_is_refused_before_any_data_is_read(tmp_path, encoder, causal, why):
+    with testing.registered("user_encoders", encoder) as name:
+        config = tiny_config(tmp_path, train_mode="sequence", causal=causal, user_encoder=name)
+        with pytest.raises(TwoTowerError) as refused:
+            validate(config)
+    assert str(refused.value) == (
+        f"user encoder {name!r} cannot train in sequence mode ({why}); use --train-mode prefix"
+    )
 
 
 def test_popularity_is_reported_beside_the_model(tmp_path):
@@ -146,3 +176,15 @@ def test_a_cosine_schedule_halves_the_rate_midway_and_ends_at_zero(tmp_path):
 def test_an_unknown_schedule_is_refused_before_any_data_is_read(tmp_path):
     with pytest.raises(TwoTowerError, match="lr_schedule"):
         validate(tiny_config(tmp_path, lr_schedule="linear"))
+
+
+def test_the_protocol_ks_that_reach_the_whole_catalog_are_named(capsys, tmp_path):
+    """40 items: @50 counts every target a hit (true, and said so); @10 and @20 do not."""
+    code, out, err = run(capsys, *synthetic_fit(tmp_path / "data"))
+    assert code == 0, err
+    assert json.loads(out)["test"]["recall@50"] == 1.0
+    assert (
+        "the metrics @50 rank the whole catalog of 40 items: every target counts as a hit there"
+        in " ".join(err.split())
+    )
+    assert "@20" not in err

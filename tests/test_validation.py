@@ -65,6 +65,7 @@ def fails(capsys, tmp_path: Path, *argv: str) -> str:
         (["--set", "hnsw_seed=x"], "hnsw_seed must be an integer, not 'x'"),
         (["--set", "hnsw_size=3"], "unknown option(s) hnsw_size of retriever 'hnsw'; known: "),
         (["--set", "epochs=3"], "--set epochs: epochs is a run setting of its own; use --epochs"),
+        (["--set", "extra=1"], "extra is a run setting of its own; it is the table of plugin"),
         (["--set", "hnsw_m=3"], "--set hnsw_m: hnsw_m is a run setting of its own"),
         (["--set", "nprobe=3"], "unknown plugin option 'nprobe': a plugin option starts with"),
         (["--dataset", "synthetic"], "interactions is read by dataset 'files' only, but the"),

@@ -25,6 +25,7 @@ from .data.dataset import Dataset, check_dataset
 from .data.split import Split, make_split
 from .errors import TwoTowerError, refused_as
 from .evaluation import evaluate_model, evaluate_popularity
+from .metrics import metric_ks
 from .progress import TrainingProgress, note
 from .recommendation import (
     Recommender,
@@ -87,11 +88,19 @@ def prepare(config: TwoTowerConfig) -> Split:
 
 
 def check_k_eval(k_eval: int, num_items: int) -> None:
-    """A K that reaches the whole catalog makes every target a hit: Recall@K would be 1."""
+    """A K that reaches the whole catalog makes every target a hit: Recall@K would be 1.
+    The headline K is refused; the protocol's other Ks (reported whatever the catalog)
+    are named in a note."""
     if k_eval >= num_items:
         raise TwoTowerError(
             f"k_eval ({k_eval}) must be below the number of items ({num_items}), "
             "or every target counts as a hit"
+        )
+    whole = [f"@{k}" for k in metric_ks(k_eval) if k >= num_items]
+    if whole and distributed.is_main_process():
+        note(
+            f"the metrics {', '.join(whole)} rank the whole catalog of {num_items} items: "
+            "every target counts as a hit there"
         )
 
 
@@ -126,7 +135,9 @@ def fit(config: TwoTowerConfig, progress: bool = True) -> FitResult:
             note(f"data-parallel training on {context.world_size} ranks ({backend})")
 
         def claim_and_read() -> tuple[Path | None, Split]:
-            claim = files.staged_folder(target, "artifacts", reads=input_files(config))
+            claim = files.staged_folder(
+                target, "artifacts", reads=input_files(config), keeps=[Path(config.data_dir)]
+            )
             folder = stack.enter_context(claim) if context.is_main else None
             return folder, prepare(config)
 
@@ -309,6 +320,7 @@ def evaluate(
             f"fitted on (fingerprint {split.fingerprint[:12]}, fitted on "
             f"{recommender.manifest['data_sha256'][:12]}); point evaluate at that data"
         )
+    check_k_eval(config.k_eval, split.num_items)
     metrics = {
         "model": evaluate_model(recommender.towers.model, split, "test", config),
         "popularity": evaluate_popularity(split, "test", config),

@@ -226,23 +226,45 @@ def unlisted(folder: Path, manifest: dict[str, Any]) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name not in listed | {MANIFEST})
 
 
+def resolved(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a loop of links (Python < 3.13)
+        raise TwoTowerError(f"cannot follow the links of {path} ({exc})") from None
+
+
+def holds(a: Path, b: Path) -> bool:
+    """``a`` is ``b``, or a folder around it."""
+    a, b = resolved(a), resolved(b)
+    return a == b or a in b.parents
+
+
 def overlaps(a: Path, b: Path) -> bool:
     """One path is the other, or inside it."""
-    a, b = a.resolve(), b.resolve()
-    return a == b or a in b.parents or b in a.parents
+    return holds(a, b) or holds(b, a)
 
 
-def check_target(target: Path, kind: Kind, reads: Sequence[Path]) -> None:
+def check_target(
+    target: Path, kind: Kind, reads: Sequence[Path], keeps: Sequence[Path] = ()
+) -> None:
     """Refuse a target the command may not replace, before anything is created.
 
     ``reads`` are the files and folders the command reads; writing over,
-    into or around them would destroy its own input.
+    into or around them would destroy its own input. ``keeps`` are folders
+    the target may be inside but must not be nor hold (the data folder, which
+    holds the artifacts by default and may be filled during the run).
     """
     for source in reads:
         if overlaps(target, Path(source)):
             raise TwoTowerError(
                 f"{target} would overwrite {source}, which this command reads; "
                 "choose another folder"
+            )
+    for kept in keeps:
+        if holds(target, Path(kept)):
+            raise TwoTowerError(
+                f"{target} would replace {kept}, the data folder of this run, with what it "
+                "writes; choose a folder that does not hold it"
             )
     holder = twotower_folder_above(target)
     if holder is not None:
@@ -343,24 +365,20 @@ def real_target(target: Path) -> Path:
     old files. Resolved first, the lock is also the same whichever name
     a run is given.
     """
-    if not target.is_symlink():
-        return target
-    try:
-        return target.resolve()
-    except (OSError, RuntimeError) as exc:  # RuntimeError: a loop of links (Python < 3.13)
-        raise TwoTowerError(f"cannot follow the link {target} ({exc})") from None
+    return resolved(target) if target.is_symlink() else target
 
 
 @contextlib.contextmanager
 def staged_folder(
-    target: Path, kind: str = "artifacts", reads: Sequence[Path] = ()
+    target: Path, kind: str = "artifacts", reads: Sequence[Path] = (), keeps: Sequence[Path] = ()
 ) -> Iterator[Path]:
     """Yield an empty staging folder that replaces ``target`` only if the block succeeds.
 
     On entry the target is checked (``check_target``) and locked, so a run
-    fails before its work, not after. A failed block leaves nothing behind,
-    not even the parent folders it had to create. A target that is a link
-    is written through (``real_target``).
+    fails before its work, not after; it is checked again before the swap,
+    since the run itself may have put something there (a download). A
+    failed block leaves nothing behind, not even the parent folders it had
+    to create. A target that is a link is written through (``real_target``).
     """
     target = real_target(Path(target))
     here = Path.cwd()
@@ -369,21 +387,22 @@ def staged_folder(
             f"{target} is the current folder or holds it; name a folder of its own "
             "(for example ./out)"
         )
-    check_target(target, KINDS[kind], reads)
+    check_target(target, KINDS[kind], reads, keeps)
     created = [p for p in (target.parent, *target.parent.parents) if not p.exists()]
     done = False
     try:
         try:  # a failure part way (a full disk) leaves the parents made so far: removed below
             target.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise TwoTowerError(f"cannot create {target.parent} ({exc.strerror})") from None
+            raise TwoTowerError(f"cannot create {target.parent} ({why_not(target, exc)})") from None
         with exclusive(target):
-            check_target(target, KINDS[kind], reads)  # again: it may have changed before the lock
+            check_target(target, KINDS[kind], reads, keeps)  # it may have changed before the lock
             remove_stale(target)
             staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-", dir=target.parent))
             staging.chmod(ordinary_mode(folder=True))  # mkdtemp's is private (0o700)
             try:
                 yield staging
+                check_target(target, KINDS[kind], reads, keeps)  # nothing new to be lost in it
                 previous = target.with_name(f".{target.name}.previous-{os.getpid()}")
                 if target.exists():
                     target.rename(previous)
@@ -400,6 +419,17 @@ def staged_folder(
                 except OSError:
                     if os.path.isdir(parent):
                         break  # (one never made, the creation failing first, is skipped)
+
+
+def why_not(target: Path, error: OSError) -> str:
+    """Why the folders around ``target`` cannot be made: the path that stands in the way
+    (a file, a loop of links), else the system's reason."""
+    for path in reversed(target.parents):  # os.path's tests: False, not an error, past a limit
+        if os.path.islink(path) and not os.path.exists(path):
+            return f"{path} is a link to nothing or a loop of links"
+        if os.path.exists(path) and not os.path.isdir(path):
+            return f"{path} is a file"
+    return str(error.strerror)
 
 
 def write_manifest(folder: Path, kind: str, extra: dict[str, Any]) -> dict[str, Any]:

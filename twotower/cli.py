@@ -93,12 +93,14 @@ def add_config_flags(
     only: Sequence[str] | None = None,
     saved: Sequence[str] = (),
     said: Mapping[str, str] | None = None,
+    checked: str = "every key is checked",
 ) -> None:
     """One flag per setting of ``TwoTowerConfig`` (or of ``only``), with its default in the help.
 
     ``saved`` names the settings a command over fitted artifacts takes from
     the fit when the flag is not given: their help says so, not the default.
     ``said`` gives the default's words for a setting whose default is neither.
+    ``checked`` says how much of a ``--config`` file the command checks.
     """
     hints = typing.get_type_hints(TwoTowerConfig)
     defaults = TwoTowerConfig()
@@ -132,7 +134,7 @@ def add_config_flags(
         "--config",
         type=Path,
         metavar="FILE.toml",
-        help="read run settings from TOML (every key is checked; this command uses its own)",
+        help=f"read run settings from TOML ({checked}; this command uses its own)",
     )
 
 
@@ -302,7 +304,8 @@ def cmd_export(args: argparse.Namespace) -> None:
     )
     parity = manifest["parity"]
     if args.json:
-        print_json({"bundle": str(folder), "format": args.format, "parity": parity})
+        described = {"bundle": str(folder), "format": args.format, "quantization": args.quantize}
+        print_json({**described, "parity": parity})
         return
     table = Table(title=f"parity of the {args.format} bundle against PyTorch")
     table.add_column("check")
@@ -395,10 +398,16 @@ def text_list(text: str) -> list[str]:
 
 
 def name_list(kind: str) -> Callable[[str], list[str]]:
+    """Names of registered components: an unknown one is a malformed command line (exit 2),
+    as an unknown ``--user-encoder`` is."""
+
     def parse(text: str) -> list[str]:
         names = text_list(text)
         for name in names:
-            plugins.registry(kind).get(name)
+            try:
+                plugins.registry(kind).get(name)
+            except TwoTowerError as exc:
+                raise argparse.ArgumentTypeError(str(exc)) from None
         return names
 
     return parse
@@ -428,13 +437,17 @@ def seed_list(text: str) -> list[int]:
     return values
 
 
+TEMPORARY_ARTIFACTS = "every fit writes into a temporary folder, removed after its row"
+
+
 def refuse_suite_settings(args: argparse.Namespace, names: Sequence[str], why: str) -> None:
     """A suite that sets ``names`` itself refuses them given (by flag or TOML): they would
     be recorded as the run's settings, but not used."""
     given = [flag(name) for name in names if name in given_settings(args)]
     if given:
         raise TwoTowerError(
-            f"bench {args.suite} sets {', '.join(given)} itself ({why}): leave them out"
+            f"bench {args.suite} sets {', '.join(given)} itself ({why}): leave "
+            f"{'it' if len(given) == 1 else 'them'} out"
         )
 
 
@@ -528,6 +541,7 @@ def cmd_bench_train(args: argparse.Namespace) -> None:
     refuse_suite_settings(
         args, ("user_encoder", "loss", "seed"), "--encoders, --losses and --seeds name its runs"
     )
+    refuse_suite_settings(args, ("artifacts_dir",), TEMPORARY_ARTIFACTS)
     config = resolve_config(args)
     encoders = args.encoders or plugins.user_encoders().names()
     losses = args.losses or plugins.losses().names()
@@ -540,6 +554,7 @@ def cmd_bench_accuracy(args: argparse.Namespace) -> None:
     from .bench import train
 
     refuse_suite_settings(args, ("seed",), "--seeds gives every run its seed")
+    refuse_suite_settings(args, ("artifacts_dir",), TEMPORARY_ARTIFACTS)
     config = resolve_config(args)
     contenders = train.distinct_names([train.contender(spec, config) for spec in args.contenders])
     save = partial(write_results, args)  # after every fit: a stopped run keeps its results
@@ -550,6 +565,7 @@ def cmd_bench_scale_train(args: argparse.Namespace) -> None:
     from .bench import scale_train
 
     refuse_suite_settings(args, scale_train.SETS, "it trains --steps steps on its workloads")
+    refuse_suite_settings(args, ("retriever",), "its index stage builds HNSW")
     config = resolve_config(args)
     config = config.replace(num_threads=config.num_threads or 1)  # per rank, recorded
     run_suite(
@@ -686,7 +702,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     export.add_argument("--json", action="store_true", help="print the parity report as JSON")
 
     serve = command("serve", cmd_serve, "answer recommendations over HTTP from a bundle")
-    add_config_flags(serve, ("retriever",), saved=("retriever",))
+    checked = "the type of every run setting is checked"
+    add_config_flags(serve, ("retriever",), saved=("retriever",), checked=checked)
     serve.add_argument("--bundle", type=Path, required=True, help="the exported bundle to serve")
     serve.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)"
@@ -732,7 +749,11 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     )
     add_config_flags(serving, EXPORT_FIELDS)
     serving.add_argument(
-        "--exports-dir", type=Path, default=Path("exports"), help="bundles live here"
+        "--exports-dir",
+        type=Path,
+        default=Path("exports"),
+        help="folder of the bench-<runtime> bundles it exports, reused while they are from "
+        "these weights and library versions (default: exports)",
     )
     serving.add_argument(
         "--repeats", type=positive_int, default=200, help="timed repetitions per contender"

@@ -37,7 +37,9 @@ class TwoTowerConfig:
     # --- data ---------------------------------------------------------------
     dataset: str = opt("movielens-100k", "dataset plugin to read")
     data_dir: str = opt("./data", "folder for downloaded data and the default artifacts")
-    artifacts_dir: str | None = opt(None, "where artifacts go (default: <data-dir>/artifacts)")
+    artifacts_dir: str | None = opt(
+        None, "artifacts folder, written by fit, read by the others (default: <data-dir>/artifacts)"
+    )
     download: bool = opt(True, "fetch MovieLens-100K when it is not in --data-dir")
     interactions: str | None = opt(None, "interactions file (CSV or Parquet) for dataset 'files'")
     items: str | None = opt(None, "item metadata file: item id, title, genres separated by |")

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from .errors import TwoTowerError
+
 if TYPE_CHECKING:
     import numpy as np
     from torch import Tensor, nn
@@ -254,6 +256,15 @@ CAPABILITIES = {
 def capability(component: Any, name: str) -> Any:
     """What ``component`` offers for capability ``name``, or the capability's default."""
     return getattr(component, name, CAPABILITIES[name].default)
+
+
+def cannot_train_in_sequence(
+    encoder: str, why: str = "needs a causal encode_sequence"
+) -> TwoTowerError:
+    """The refusal of ``--train-mode sequence`` for an encoder without the capability."""
+    return TwoTowerError(
+        f"user encoder {encoder!r} cannot train in sequence mode ({why}); use --train-mode prefix"
+    )
 
 
 def scheme_names(schemes: Any) -> bool:

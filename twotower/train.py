@@ -26,6 +26,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from . import distributed, plugins
+from .contracts import cannot_train_in_sequence
 from .data.seen import EarlierItems
 from .data.split import Examples, Split, Windows, training_examples, training_windows
 from .distributed import SINGLE, Context
@@ -71,10 +72,7 @@ def resolve_train_mode(config, model: TwoTowerModel) -> str:
     if config.train_mode == "auto":
         return "sequence" if can_sequence else "prefix"
     if config.train_mode == "sequence" and not can_sequence:
-        raise TwoTowerError(
-            f"user encoder {config.user_encoder!r} cannot train in sequence mode "
-            "(needs a causal encode_sequence); use --train-mode prefix"
-        )
+        raise cannot_train_in_sequence(config.user_encoder)
     if config.train_mode not in ("prefix", "sequence"):
         raise TwoTowerError(
             f"train_mode must be auto, prefix or sequence, not {config.train_mode!r}"

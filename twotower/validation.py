@@ -25,7 +25,7 @@ from typing import Any
 
 from . import plugins
 from .config import MAX_THREADS, TwoTowerConfig
-from .contracts import capability
+from .contracts import cannot_train_in_sequence, capability
 from .errors import TwoTowerError
 from .schema import Allowed, at_least, between, check, one_of, positive
 
@@ -95,6 +95,9 @@ def validate(config: TwoTowerConfig) -> TwoTowerConfig:
     ]
     check_component_settings(config)
     check_plugin_options(config)
+    encoder = plugins.user_encoders().get(config.user_encoder)
+    if config.train_mode == "sequence" and capability(encoder, "encode_sequence") is None:
+        raise cannot_train_in_sequence(config.user_encoder)
     for component in chosen:
         check_config = capability(component, "check_config")
         if check_config is not None:
@@ -177,9 +180,12 @@ def check_plugin_options(config: TwoTowerConfig) -> None:
         if not isinstance(key, str):
             raise TwoTowerError(f"plugin option names are strings, not {key!r}")
         if key in core:
-            raise TwoTowerError(
-                f"--set {key}: {key} is a run setting of its own; use --{key.replace('_', '-')}"
+            where = (
+                "it is the table of plugin options itself"
+                if key == "extra"
+                else f"use --{key.replace('_', '-')} or the TOML key {key} where a command has it"
             )
+            raise TwoTowerError(f"--set {key}: {key} is a run setting of its own; {where}")
         prefix = owner(key)
         if prefix is None:
             raise TwoTowerError(

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import ordinary_mode
+from ..artifacts import ordinary_mode, twotower_folder_above
 from ..errors import TwoTowerError
 
 Column = tuple[str, Callable[[dict[str, Any]], str]]
@@ -28,14 +28,21 @@ def check_writable(path: Path) -> None:
     """Refuse a result path that could not be written at the end of the run.
 
     That is a folder (it is never replaced), a file twotower did not write
-    (a run replaces only its own results), or a path under a file or under
-    a folder this process cannot write in. A file is created there and
+    (a run replaces only its own results), a path inside a twotower folder
+    (a file its manifest does not list would make it unloadable), or a path
+    under a file or under a folder this process cannot write in. A file is created there and
     removed at once: that asks what permissions, read-only mounts and root
     would say, as a look at the mode bits cannot.
     """
     path = Path(os.path.realpath(path))  # a link's target is what would be written
     if path.is_dir():
         raise TwoTowerError(f"{path} is a folder; give the name of a file to write")
+    holder = twotower_folder_above(path)
+    if holder is not None:
+        raise TwoTowerError(
+            f"{path} is inside {holder}, a twotower folder whose manifest lists every file "
+            "it holds (one more would make it unloadable); write the result elsewhere"
+        )
     if path.exists() and not written_by_twotower(path):
         raise TwoTowerError(
             f"{path} exists and is not a twotower result; name a new file or remove it"

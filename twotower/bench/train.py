@@ -87,9 +87,11 @@ def distinct_names(contenders: Sequence[Contender]) -> Sequence[Contender]:
 
 
 def grid(base: TwoTowerConfig, encoders: Sequence[str], losses: Sequence[str]) -> list[Contender]:
-    """Every user encoder x every loss over ``base``."""
+    """Every user encoder x every loss over ``base``, each checked before any runs."""
+    from ..validation import validate
+
     return [
-        Contender(f"{encoder} + {loss}", base.replace(user_encoder=encoder, loss=loss))
+        Contender(f"{encoder} + {loss}", validate(base.replace(user_encoder=encoder, loss=loss)))
         for encoder in encoders
         for loss in losses
     ]

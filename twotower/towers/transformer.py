@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..contracts import cannot_train_in_sequence
 from ..errors import TwoTowerError
 from ..schema import check_value, one_of
 from .attention import multi_head_attention
@@ -109,6 +110,8 @@ class TransformerEncoder(nn.Module):
         """Refuse settings this encoder cannot use (called before any data is read)."""
         check_value("pooling", config.pooling, str, one_of(*POOLINGS))
         check_heads(config)
+        if config.train_mode == "sequence" and not config.causal:
+            raise cannot_train_in_sequence(config.user_encoder, "its attention is not causal")
 
     def __init__(self, config, item_embedding: nn.Module, num_users: int):
         super().__init__()
