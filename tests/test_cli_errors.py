@@ -188,7 +188,10 @@ def test_unknown_user_encoder_in_toml_lists_the_names(capsys, tmp_path, csv):
     code, _, err = run(capsys, *fit_args(csv, tmp_path / "d", "--config", str(toml)))
     line = only_error_line(code, err)
     names = ", ".join(plugins.user_encoders().names())
-    assert line == f"error: unknown user encoder 'nope'; available: {names}"
+    assert line == (
+        f"error: unknown user encoder 'nope'; available: {names} "
+        f"(settings from {toml} and the flags)"
+    )
     assert not (tmp_path / "d").exists()
 
 

@@ -94,6 +94,23 @@ def test_a_bad_toml_value_names_the_file_and_the_setting(capsys, tmp_path, toml,
     assert fails(capsys, tmp_path, "--config", str(path)) == f"error: {path}: {message}"
 
 
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("temperature = 5.0", "temperature must be in [min_temperature, max_temperature]"),
+        ("[extra]\nhnsw_seed = -1", "hnsw_seed must be an integer >= 0, not -1"),
+    ],
+)
+def test_settings_that_combine_badly_name_the_toml_they_may_come_from(
+    capsys, tmp_path, toml, message
+):
+    path = tmp_path / "run.toml"
+    path.write_text(toml + "\n")
+    line = fails(capsys, tmp_path, "--config", str(path))
+    assert line.startswith(f"error: {message}")
+    assert line.endswith(f"(settings from {path} and the flags)")
+
+
 def test_an_encoder_without_heads_takes_any_width(tmp_path):
     config = TwoTowerConfig(user_encoder="gru", embedding_dim=30)
     assert validate(config).embedding_dim == 30

@@ -160,7 +160,13 @@ def resolve_config(args: argparse.Namespace) -> TwoTowerConfig:
     values = given_settings(args)
     if "dataset" not in values and (dataset := default_dataset(values)):
         values["dataset"] = dataset
-    return validate(TwoTowerConfig.from_dict(values, source=str(args.config or "flags")))
+    config = TwoTowerConfig.from_dict(values, source=str(args.config or "flags"))
+    if not getattr(args, "config", None):
+        return validate(config)
+    try:
+        return validate(config)
+    except TwoTowerError as exc:  # settings that combine badly may come from the file
+        raise TwoTowerError(f"{exc} (settings from {args.config} and the flags)") from None
 
 
 # --- rendering -----------------------------------------------------------------
