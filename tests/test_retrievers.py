@@ -192,3 +192,18 @@ def test_hnsw_exclusion_of_one_query_does_not_reach_the_next(catalog, hnsw):
     for row in (0, 2):
         assert not banned & set(ids[row].tolist())
         np.testing.assert_array_equal(ids[row, :5], plain[0, 5:])
+
+
+def test_hnsw_answers_a_query_alone_as_it_does_in_a_batch(catalog):
+    """A neighbour with many excluded items once raised every row's ef: the same user got
+    other items in a batch than alone (and over HTTP, GET than POST)."""
+    items, queries = catalog
+    retriever = HnswRetriever.build(items, m=4, ef_construction=20, ef=10, seed=0)
+    rng = np.random.default_rng(8)
+    exclude = [set(rng.choice(len(items), size=n, replace=False).tolist()) for n in (0, 600, 3)]
+    exclude *= 10
+    together, scores = retriever.search(queries[:30], 10, exclude=exclude)
+    for row in range(30):
+        alone, alone_scores = retriever.search(queries[row : row + 1], 10, exclude[row : row + 1])
+        np.testing.assert_array_equal(together[row], alone[0])
+        np.testing.assert_array_equal(scores[row], alone_scores[0])

@@ -18,12 +18,13 @@ import numpy as np
 import pytest
 from helpers import run, run_script
 
-from twotower import artifacts
+from twotower import TwoTowerConfig, artifacts
 from twotower.api import load
 from twotower.cli import main
 from twotower.errors import TwoTowerError
 from twotower.export.bundle import export_bundle
 from twotower.serving import load_bundle
+from twotower.serving.live import LiveBundle
 
 RETRIEVERS = ["exact", "hnsw"]
 NUM_ITEMS = 40
@@ -321,6 +322,10 @@ def test_arguments_of_another_type_are_refused_in_one_line(recommender, users, b
         (lambda: load_bundle(bundle_dir, retriever=0), "retriever must be a retriever's name"),
         (lambda: load(None), "expected the path of a folder, not NoneType None"),
         (lambda: load_bundle(None), "expected the path of a folder, not NoneType None"),
+        (lambda: LiveBundle(None), "expected the path of a folder, not NoneType None"),
+        (lambda: load_bundle("/" + "x" * 300), "(File name too long)"),
+        (lambda: load("/" + "x" * 300), "(File name too long)"),
+        (lambda: TwoTowerConfig.from_dict(None), "config: expected a table, not NoneType"),
     ]
     for call, says in calls:
         with pytest.raises(TwoTowerError, match=re.escape(says)):
@@ -550,3 +555,74 @@ def test_bundle_folder_missing(capsys, tmp_path, users):
         load_bundle(missing)
     code, _, err = run(capsys, "recommend", "--bundle", missing, "--user-id", users[0])
     assert code == 1 and err.startswith(f"error: no bundle folder at {missing}")
+
+
+def test_a_folder_replaced_while_it_loads_is_refused(exported_bundle, tmp_path, monkeypatch):
+    """A swap between reading the towers and the item vectors (what `export --out` does to
+    a served folder) would give an answer of two bundles, each file passing its checksum."""
+    from twotower.serving import runtime
+
+    live, other = tmp_path / "live", tmp_path / "other"
+    shutil.copytree(exported_bundle, live)
+    shutil.copytree(exported_bundle, other)
+    check_graphs = runtime.check_graphs
+
+    def swapped_after(folder, manifest, towers):
+        check_graphs(folder, manifest, towers)
+        live.rename(tmp_path / "previous")
+        other.rename(live)
+
+    monkeypatch.setattr(runtime, "check_graphs", swapped_after)
+    with pytest.raises(TwoTowerError) as refused:
+        load_bundle(live)
+    assert str(refused.value) == (
+        f"{live} was replaced (by a fit or an export) while it was read; load it again"
+    )
+
+
+def test_an_index_is_not_opened_from_a_folder_replaced_since_the_load(exported_bundle, tmp_path):
+    live = tmp_path / "live"
+    shutil.copytree(exported_bundle, live)
+    bundle = load_bundle(live, retriever="exact")
+    user = bundle.user_ids[0]
+    before = ids(bundle.recommend(user, retriever="exact"))
+    live.rename(tmp_path / "previous")
+    shutil.copytree(exported_bundle, live)
+    with pytest.raises(TwoTowerError, match=r"was replaced .* since it was loaded; load it again"):
+        bundle.recommend(user, retriever="hnsw")
+    assert ids(bundle.recommend(user, retriever="exact")) == before  # what it holds still answers
+
+
+def test_the_genres_of_an_answer_are_the_caller_s_own(bundles, users):
+    bundle = bundles["exact"]
+    answer = bundle.recommend(users[0], k=1)[0]
+    answer.genres.append("Edited")
+    assert "Edited" not in bundle.recommend(users[0], k=1)[0].genres
+
+
+def test_tables_and_arrays_of_other_shapes_are_refused_as_id_lists(recommender, users):
+    item = recommender.item_ids[0]
+    for ids_given, kind in ((np.array(item), "ndarray"), (np.array([[item]]), "ndarray")):
+        with pytest.raises(TwoTowerError, match=f"item_ids must be a list of ids, not {kind}"):
+            recommender.recommend_history(ids_given)
+    import pandas as pd
+
+    table = pd.DataFrame({item: [1, 0]})  # iterating it would give its column names
+    with pytest.raises(TwoTowerError, match="item_ids must be a list of ids, not DataFrame"):
+        recommender.recommend_history(table)
+    assert len(recommender.recommend_history(pd.Series([item]), k=2)) == 2
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="counts threads in /proc")
+def test_threads_size_the_user_tower_only(exported_bundle):
+    """The item tower runs when a bundle is checked, not per request: it keeps one thread
+    (it had a pool of its own as large as the user tower's)."""
+
+    def os_threads() -> int:
+        status = Path("/proc/self/status").read_text()
+        return int(next(line for line in status.splitlines() if line.startswith("Threads:"))[8:])
+
+    before = os_threads()
+    bundle = load_bundle(exported_bundle, threads=8)
+    assert os_threads() - before <= 8  # the user tower's pool: 7 threads beside the caller
+    assert bundle.recommend(bundle.user_ids[0], k=3)

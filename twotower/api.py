@@ -274,10 +274,13 @@ def load(artifacts_dir: str | Path, retriever: str | None = None, threads: int =
     """
     folder = files.folder_path(artifacts_dir)
     threads = check_threads(threads)
+    before = files.identity(folder)
     manifest = files.read_manifest(folder)
     config = saved_config(folder)
     towers = ModelTowers(load_model(folder, config), threads)
-    return Recommender(folder, manifest, config, towers, retriever)
+    recommender = Recommender(folder, manifest, config, towers, retriever)
+    files.check_unchanged(folder, before)  # every file read is from the folder verified
+    return recommender
 
 
 def evaluate(

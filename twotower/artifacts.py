@@ -455,11 +455,34 @@ def write_manifest(folder: Path, kind: str, extra: dict[str, Any]) -> dict[str, 
 # --- reading ------------------------------------------------------------------------
 
 
+def identity(folder: Path) -> tuple[int, int] | None:
+    """What tells two folders at one path apart: fit and export rename a new one in.
+    None where there is none (the reading that follows says why)."""
+    try:
+        status = os.stat(folder)
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
+
+
+def check_unchanged(
+    folder: Path, known: tuple[int, int] | None, when: str = "while it was read"
+) -> None:
+    """Refuse a folder replaced since ``known`` was taken: files read before and after
+    the swap would come from two fits or exports, each passing its own checksum."""
+    if identity(folder) != known:
+        raise TwoTowerError(f"{folder} was replaced (by a fit or an export) {when}; load it again")
+
+
 def read_manifest(folder: Path, kind: str = "artifacts") -> dict[str, Any]:
     """Read and check ``manifest.json``: kind, format version, fields and every file's sha256."""
     folder, spec = Path(folder), KINDS[kind]
     path = folder / MANIFEST
-    if not folder.is_dir():
+    try:
+        is_folder = folder.is_dir()
+    except OSError as exc:  # a name too long for the file system, say
+        raise TwoTowerError(f"cannot read {folder} ({exc.strerror})") from None
+    if not is_folder:
         raise TwoTowerError(f"no {kind} folder at {folder}; run `twotower {spec.made_by}` first")
     if not path.is_file():
         raise TwoTowerError(f"{path} is missing: {folder} is not a complete {kind} folder")

@@ -65,6 +65,7 @@ class Recommender:
         retriever: str | None = None,
     ):
         self.folder = Path(folder)
+        self.identity = files.identity(self.folder)  # a saved index is opened on first use
         self.manifest = manifest
         self.config = config
         self.towers = towers
@@ -138,6 +139,7 @@ class Recommender:
         if index is None:
             with self._opening:
                 if name not in self._retrievers:
+                    files.check_unchanged(self.folder, self.identity, "since it was loaded")
                     self._retrievers[name] = open_retriever(
                         name, self.folder, self.item_vectors, self.config
                     )
@@ -220,7 +222,7 @@ class Recommender:
                 rank=rank,
                 item_id=self.item_ids[row],
                 title=self.items[row]["title"],
-                genres=self.items[row]["genres"],
+                genres=list(self.items[row]["genres"]),  # the caller's own: edits stay there
                 score=float(score),
             )
             for rank, (row, score) in enumerate(zip(rows, scores, strict=True), start=1)
@@ -574,9 +576,15 @@ def check_threads(threads: Any) -> int:
 def id_list(ids: Any, what: str) -> list[str]:
     """Raw ids as strings, in order; a single string is refused (not read as a list of
     characters), and so is a set or a mapping: their order is arbitrary, and a history's
-    order, like a batch's, is part of the answer."""
+    order, like a batch's, is part of the answer. So is a table or array of other than
+    one dimension (a DataFrame iterates over its column names)."""
+    flat = getattr(ids, "ndim", 1) == 1
     if isinstance(ids, str | bytes | AbstractSet | Mapping) or not isinstance(ids, Iterable):
-        raise TwoTowerError(f"{what} must be a list of ids, not {type(ids).__name__} {ids!r}")
+        flat = False
+    if not flat:
+        shown = " ".join(repr(ids).split())  # one line, whatever the object's repr
+        shown = shown if len(shown) <= 80 else f"{shown[:80]}..."
+        raise TwoTowerError(f"{what} must be a list of ids, not {type(ids).__name__} {shown}")
     return [str(i) for i in ids]
 
 

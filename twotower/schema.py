@@ -174,6 +174,8 @@ def check(
     call a key. ``rules`` adds allowed values beside those in the fields'
     metadata.
     """
+    if not isinstance(values, Mapping):  # a list's items would be read as its keys
+        raise TwoTowerError(f"{where}expected a table, not {type(values).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:

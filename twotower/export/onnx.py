@@ -32,11 +32,9 @@ class OnnxTowers:
     def __init__(
         self, bundle_dir: Path, threads: int = 1, user_file=USER_FILE, item_file=ITEM_FILE
     ):
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        self.user = open_session(Path(bundle_dir) / user_file, options)
-        self.item = open_session(Path(bundle_dir) / item_file, options)
+        self.user = open_session(Path(bundle_dir) / user_file, session_options(threads))
+        # the item tower runs when a bundle is checked, not per request: one thread
+        self.item = open_session(Path(bundle_dir) / item_file, session_options(1))
         metadata = self.user.get_modelmeta().custom_metadata_map
         self.max_length = int(metadata[MAX_LENGTH_KEY]) if MAX_LENGTH_KEY in metadata else None
 
@@ -54,6 +52,13 @@ class OnnxTowers:
 
     def graphs(self) -> dict[str, Any]:
         return {"user_tower": describe(self.user), "item_tower": describe(self.item)}
+
+
+def session_options(threads: int) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return options
 
 
 def user_feed(user_ids, history, history_mask) -> dict[str, np.ndarray]:

@@ -67,10 +67,24 @@ class HnswRetriever:
     def search(
         self, queries: np.ndarray, k: int, exclude: Exclude = None
     ) -> tuple[np.ndarray, np.ndarray]:
+        """Each row is searched with its own fetch size and ``ef`` (``k`` + its excluded
+        items): a user's answer does not depend on the users asked beside it."""
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        excluded = [len(e) for e in exclude] if exclude is not None else [0] * len(queries)
+        fetches = np.minimum(len(self), k + np.asarray(excluded, dtype=np.int64))
+        ids = np.full((len(queries), k), -1, dtype=np.int64)
+        scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        for fetch in np.unique(fetches):
+            rows = np.flatnonzero(fetches == fetch)
+            some = None if exclude is None else [exclude[row] for row in rows]
+            ids[rows], scores[rows] = self.search_alike(queries[rows], k, int(fetch), some)
+        return ids, scores
+
+    def search_alike(
+        self, queries: np.ndarray, k: int, fetch: int, exclude: Exclude
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Rows that fetch ``fetch`` neighbours each, then drop their excluded items."""
         size = len(self)
-        most_excluded = max((len(e) for e in exclude), default=0) if exclude is not None else 0
-        fetch = min(size, k + most_excluded)
         try:
             with self._lock:
                 self.index.set_ef(max(self.options.ef, fetch))

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..artifacts import folder_path
 from ..recommendation import Recommender
 from .runtime import load_bundle
 
@@ -69,7 +70,7 @@ class LiveBundle:
     """
 
     def __init__(self, path: Path, retriever: str | None = None, threads: int = 1):
-        self.path = Path(path)
+        self.path = folder_path(path)
         self.retriever = retriever
         self.threads = threads
         self._reloading = threading.Lock()  # one reload at a time; requests never wait on it

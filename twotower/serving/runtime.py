@@ -22,10 +22,13 @@ def load_bundle(path: str | Path, retriever: str | None = None, threads: int = 1
     """
     folder = files.folder_path(path)
     threads = check_threads(threads)
+    before = files.identity(folder)
     manifest = files.read_manifest(folder, "bundle")
     towers = load_towers(folder, manifest, threads)
     check_graphs(folder, manifest, towers)
-    return Recommender(folder, manifest, saved_config(folder), towers, retriever)
+    recommender = Recommender(folder, manifest, saved_config(folder), towers, retriever)
+    files.check_unchanged(folder, before)  # every file read is from the folder verified
+    return recommender
 
 
 def load_towers(folder: Path, manifest: dict[str, Any], threads: int) -> Towers:
