@@ -388,7 +388,15 @@ ERRORS = [
     ("GET", "/v1/users/{user}/recommendations?k=%D9%A3", None, 422, "an integer, not"),
     ("GET", "/v1/users/{user}/recommendations?K=5", None, 422, "unknown query parameter 'K'"),
     ("GET", "/v1/users/{user}/recommendations?k=3&k=4", None, 422, "'k' given more than once"),
+    ("GET", "/v1/users/{user}/recommendations?k=" + "9" * 5000, None, 422, "is out of range"),
+    ("POST", "/v1/recommendations?k=3", {"items": ["{item}"]}, 422, "this endpoint takes none"),
+    ("GET", "/v1/items/{item}?bogus=1", None, 422, "unknown query parameter 'bogus'"),
+    ("GET", "/healthz?x=1", None, 422, "unknown query parameter 'x'"),
+    ("GET", "/readyz?x=1", None, 422, "unknown query parameter 'x'"),
+    ("GET", "/metrics?x=1", None, 422, "unknown query parameter 'x'"),
     ("GET", "/no/such/path", None, 404, "Not Found"),
+    ("GET", "/healthz/", None, 404, "Not Found"),  # not a redirect built from the Host header
+    ("GET", "/v1/users/{user}/recommendations/", None, 404, "Not Found"),
     ("DELETE", "/v1/items/{item}", None, 405, "Method Not Allowed"),
 ]
 

@@ -470,6 +470,25 @@ def unknown_history_item(folder: Path) -> str:
     return f"{path}: user {user!r} has item 'NOPE', which mappings.json does not list"
 
 
+def items_out_of_order(folder: Path) -> str:
+    """Two rows of items.json swapped: each answer would pair an id with another's title."""
+    path = folder / artifacts.ITEMS
+    table = json.loads(path.read_text())
+    table["items"][0], table["items"][1] = table["items"][1], table["items"][0]
+    path.write_text(json.dumps(table))
+    resign(folder, artifacts.ITEMS)
+    first = table["items"][0]["item_id"]
+    return f"{folder}: row 0 of items.json is item {first!r} but mappings.json lists"
+
+
+def no_users(folder: Path) -> str:
+    """A bundle no fit writes: no user to ask (its check asked the first one)."""
+    path = folder / artifacts.MAPPINGS
+    path.write_text(json.dumps({**json.loads(path.read_text()), "users": []}))
+    resign(folder, artifacts.MAPPINGS)
+    return f"{path} does not hold "
+
+
 def fewer_item_vectors(folder: Path) -> str:
     path = folder / artifacts.ITEM_EMBEDDINGS
     np.save(path, np.load(path, allow_pickle=False)[:10])
@@ -519,6 +538,8 @@ DAMAGES = [
     *MALFORMED,
     another_format,
     unknown_history_item,
+    items_out_of_order,
+    no_users,
     fewer_item_vectors,
     index_of_other_vectors,
     truncated_index,

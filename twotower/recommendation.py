@@ -98,6 +98,16 @@ class Recommender:
                 f"{files.ITEMS} {len(self.items)} items, but {files.MAPPINGS} lists "
                 f"{len(self.item_ids)}: the files are not from one fit"
             )
+        # an answer pairs row i's id (mappings.json) with its title and genres (items.json)
+        apart = next(
+            (i for i, item in enumerate(self.items) if item["item_id"] != self.item_ids[i]), None
+        )
+        if apart is not None:
+            raise TwoTowerError(
+                f"{self.folder}: row {apart} of {files.ITEMS} is item "
+                f"{self.items[apart]['item_id']!r} but {files.MAPPINGS} lists "
+                f"{self.item_ids[apart]!r} there: the files are not from one fit"
+            )
         self.default_retriever = config.retriever if retriever is None else retriever
         self._retrievers: dict[str, Retriever] = {}
         self._opening = threading.Lock()
@@ -259,8 +269,10 @@ def read_mappings(folder: Path) -> dict[str, list[str]]:
             isinstance(m, dict)
             and files.str_list(m.get("users"))
             and files.str_list(m.get("items"))
+            and bool(m["users"])
+            and bool(m["items"])
         ),
-        '{"users": [...], "items": [...]} lists of ids',
+        '{"users": [...], "items": [...]} non-empty lists of ids',  # as every fit has
     )
 
 

@@ -164,6 +164,8 @@ def integer(text: str, name: str) -> int:
     digits = text[1:] if text[:1] == "-" else text
     if not (digits.isascii() and digits.isdigit()):
         raise Problem(422, f"{name}: expected an integer, not {text!r}")
+    if len(digits.lstrip("0")) > 18:  # past any limit, and past what int() reads (4,300 digits)
+        raise Problem(422, f"{name}: {text[:24]}... is out of range")
     return int(text)
 
 
@@ -180,9 +182,8 @@ def query_values(pairs: Sequence[tuple[str, str]], names: Sequence[str]) -> dict
     values: dict[str, str] = {}
     for name, value in pairs:
         if name not in names:
-            raise Problem(
-                422, f"unknown query parameter {name!r}: this endpoint takes {', '.join(names)}"
-            )
+            takes = ", ".join(names) or "none"
+            raise Problem(422, f"unknown query parameter {name!r}: this endpoint takes {takes}")
         if name in values:
             raise Problem(422, f"query parameter {name!r} given more than once")
         values[name] = value
@@ -380,7 +381,8 @@ class FastLane:
     stays for /docs, and for the methods this lane leaves alone).
     """
 
-    PATH = re.compile(r"/v1/users/(.*)/recommendations")  # as the route's `{user_id:path}`
+    # as the route's `{user_id:path}`, and an id holding a line feed too
+    PATH = re.compile(r"/v1/users/(.*)/recommendations", re.DOTALL)
 
     def __init__(self, app, route, respond):
         self.app, self.route, self.respond = app, route, respond
@@ -465,6 +467,7 @@ def create_app(
         version=__version__,
         description="Top-K recommendations from an exported twotower bundle.",
         lifespan=lifespan,
+        redirect_slashes=False,  # a redirect would be built from the client's Host header
     )
 
     @app.exception_handler(Problem)
@@ -532,6 +535,7 @@ def create_app(
         openapi_extra=REQUEST_BODY,
     )
     async def recommendations(http: Request) -> Response:
+        query_values(http.query_params.multi_items(), ())  # k and the rest go in the body
         request = parse_body(await http.body())
         loaded = live.current
         k = checked_k(request.k)
@@ -558,20 +562,24 @@ def create_app(
         responses={404: ERRORS[404]},
         summary="one item",
     )
-    async def item(item_id: str) -> Response:
+    async def item(request: Request) -> Response:
+        query_values(request.query_params.multi_items(), ())
+        item_id = request.path_params["item_id"]
         loaded = live.current
         known_items(loaded, [item_id])
         row = loaded.recommender.item_index[item_id] - 1
         return answer(loaded.recommender.items[row], loaded)
 
     @app.api_route("/healthz", methods=["GET", "HEAD"], summary="the process is up")
-    async def healthz() -> Response:
+    async def healthz(request: Request) -> Response:
+        query_values(request.query_params.multi_items(), ())
         return answer({"status": "ok"})
 
     @app.api_route(
         "/readyz", methods=["GET", "HEAD"], summary="a checked bundle is loaded: which one"
     )
-    async def readyz() -> Response:
+    async def readyz(request: Request) -> Response:
+        query_values(request.query_params.multi_items(), ())
         loaded = live.current
         return answer({"status": "ready", "pid": os.getpid(), **loaded.describe()}, loaded)
 
@@ -581,7 +589,8 @@ def create_app(
         responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "the metrics"}},
         response_class=Response,
     )
-    async def prometheus_metrics() -> Response:
+    async def prometheus_metrics(request: Request) -> Response:
+        query_values(request.query_params.multi_items(), ())
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @app.post(
@@ -594,6 +603,7 @@ def create_app(
         },
     )
     async def admin_reload(request: Request) -> Response:
+        query_values(request.query_params.multi_items(), ())
         if admin_token is not None:
             scheme, _, given = request.headers.get("authorization", "").partition(" ")
             bearer = scheme.lower() == "bearer"  # schemes are case-insensitive (RFC 9110)
@@ -642,8 +652,10 @@ def app_from_environment() -> FastAPI:
 def listen(host: str, port: int) -> socket.socket:
     """The listening socket, bound before any worker starts (``TwoTowerError`` if it cannot)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # "::" is every address, IPv4 ones too (as uvicorn's own --host :: listens)
+    both = host == "::" and socket.has_dualstack_ipv6()
     try:
-        return socket.create_server((host, port), family=family, backlog=2048)
+        return socket.create_server((host, port), family=family, backlog=2048, dualstack_ipv6=both)
     except OSError as exc:
         raise TwoTowerError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
@@ -682,7 +694,8 @@ def serve(
         uvicorn.Server(config).run(sockets=[listener])
         return
     del live  # each worker loads its own
-    settings = {"bundle": str(Path(bundle).resolve()), "retriever": retriever}
+    # absolute, links kept: a reload follows a link switched to another bundle, as one worker does
+    settings = {"bundle": os.path.abspath(bundle), "retriever": retriever}
     settings.update(threads=threads, workers=workers)
     with tempfile.TemporaryDirectory(prefix="twotower-metrics-") as metrics_dir:
         os.environ[SETTINGS_VARIABLE] = json.dumps(settings)
