@@ -728,3 +728,12 @@ def test_the_serve_bench_checks_every_answer(bundle, tmp_path, capsys):
         assert isinstance(row["meets_targets"], bool)
     markdown = (tmp_path / "serve.md").read_text()
     assert "| exact | 1 | 3 |" in markdown and "Targets at concurrency 8" in markdown
+
+
+def test_the_fast_lane_takes_an_id_holding_a_line_feed():
+    """Parquet data may hold one (a CSV's is refused); the route's `{user_id:path}` would
+    not match it, so the lane must."""
+    from twotower.server import FastLane
+
+    found = FastLane.PATH.fullmatch("/v1/users/a\nb/recommendations")
+    assert found is not None and found.group(1) == "a\nb"
