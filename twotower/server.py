@@ -65,6 +65,7 @@ log = logging.getLogger("twotower.serve")
 
 TOKEN_VARIABLE = "TWOTOWER_ADMIN_TOKEN"  # set it to require `Authorization: Bearer <token>`
 SETTINGS_VARIABLE = "TWOTOWER_SERVE"  # how `--workers N` hands its settings to each worker
+WORKER_READY_S = 60  # how long a worker may take to load its bundle and answer uvicorn
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -688,6 +689,9 @@ def serve(
         where = {"url": url, "port": port, "pid": os.getpid(), "workers": workers}
         print(json.dumps({**where, "bundle": str(bundle), "version": version}), flush=True)
     options = dict(access_log=False, timeout_graceful_shutdown=30, log_level="info")
+    # a replacement worker loads a whole bundle (a TorchScript one imports torch: seconds)
+    # before it is ready; uvicorn's default 5 s would abort a reload after its 202
+    options.update(timeout_worker_healthcheck=WORKER_READY_S)
     token = os.environ.get(TOKEN_VARIABLE) or None
     if workers == 1:
         config = uvicorn.Config(create_app(live, token), **options)
