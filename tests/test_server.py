@@ -664,6 +664,20 @@ def test_workers_serve_and_reload_one_by_one(bundle, core, tmp_path):
         assert server.client.get(f"/v1/users/{user}/recommendations").status_code == 200
 
 
+def test_a_crashed_worker_leaves_no_bundle_in_the_metrics(bundle, tmp_path):
+    with serving(bundle, tmp_path / "serve.log", "--workers", "2") as server:
+        wait_for(lambda: len(worker_pids(server)) == 2, what="two workers")
+        crashed = next(iter(worker_pids(server)))
+        os.kill(int(crashed), signal.SIGKILL)
+
+        def replaced() -> bool:
+            now = worker_pids(server)
+            return len(now) == 2 and crashed not in now
+
+        wait_for(replaced, what="the crashed worker replaced and gone from /metrics")
+        assert f'pid="{crashed}"' not in server.client.get("/metrics").text
+
+
 # --- the command line -------------------------------------------------------------------
 
 

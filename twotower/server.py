@@ -650,6 +650,19 @@ def app_from_environment() -> FastAPI:
     return create_app(live, os.environ.get(TOKEN_VARIABLE) or None, workers=settings["workers"])
 
 
+class Supervisor(Multiprocess):
+    """uvicorn's supervisor of ``--workers``, which also drops the metrics of a worker it
+    replaced after a crash: a worker marks its own dead only when it shuts down cleanly,
+    and ``/metrics`` would go on showing the bundle of one that is gone."""
+
+    def keep_subprocess_alive(self) -> None:
+        before = {process.pid for process in self.processes}
+        super().keep_subprocess_alive()
+        for pid in before - {process.pid for process in self.processes}:
+            if pid is not None:
+                multiprocess.mark_process_dead(pid)
+
+
 def listen(host: str, port: int) -> socket.socket:
     """The listening socket, bound before any worker starts (``TwoTowerError`` if it cannot)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -707,4 +720,4 @@ def serve(
         config = uvicorn.Config(
             "twotower.server:app_from_environment", factory=True, workers=workers, **options
         )
-        Multiprocess(config, sockets=[listener]).run()
+        Supervisor(config, sockets=[listener]).run()
