@@ -630,6 +630,15 @@ def test_sigterm_stops_the_server_cleanly(bundle, tmp_path, workers):
     assert "Traceback" not in server.text()
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_ctrl_c_ends_the_server_interrupted_with_workers_or_without(bundle, tmp_path, workers):
+    with serving(bundle, tmp_path / "serve.log", "--workers", workers) as server:
+        assert server.client.get("/healthz").status_code == 200
+        server.process.send_signal(signal.SIGINT)
+        assert server.process.wait(timeout=60) == 130, server.text()
+    assert "interrupted" in server.text() and "Traceback" not in server.text()
+
+
 def test_workers_serve_and_reload_one_by_one(bundle, core, tmp_path):
     served_folder = Path(shutil.copytree(bundle, tmp_path / "served"))
     with serving(served_folder, tmp_path / "serve.log", "--workers", "2") as server:

@@ -653,7 +653,14 @@ def app_from_environment() -> FastAPI:
 class Supervisor(Multiprocess):
     """uvicorn's supervisor of ``--workers``, which also drops the metrics of a worker it
     replaced after a crash: a worker marks its own dead only when it shuts down cleanly,
-    and ``/metrics`` would go on showing the bundle of one that is gone."""
+    and ``/metrics`` would go on showing the bundle of one that is gone. A Ctrl-C is
+    noted, so that the command ends interrupted, as one process does."""
+
+    interrupted = False
+
+    def handle_int(self) -> None:
+        self.interrupted = True
+        super().handle_int()
 
     def keep_subprocess_alive(self) -> None:
         before = {process.pid for process in self.processes}
@@ -720,4 +727,7 @@ def serve(
         config = uvicorn.Config(
             "twotower.server:app_from_environment", factory=True, workers=workers, **options
         )
-        Supervisor(config, sockets=[listener]).run()
+        supervisor = Supervisor(config, sockets=[listener])
+        supervisor.run()
+    if supervisor.interrupted:  # the workers have stopped and the metrics folder is gone
+        raise KeyboardInterrupt
