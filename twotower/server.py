@@ -191,6 +191,11 @@ def query_values(pairs: Sequence[tuple[str, str]], names: Sequence[str]) -> dict
     return values
 
 
+def takes_no_query(request: Request) -> None:
+    """Refuse any query parameter, for the endpoints that take none."""
+    query_values(request.query_params.multi_items(), ())
+
+
 def user_parameters(limits: Limits) -> dict[str, Any]:
     """The OpenAPI parameters of ``GET /v1/users/{user_id}/recommendations``."""
     k = {"type": "integer", "default": 10, "minimum": 1, "maximum": limits.max_k}
@@ -536,7 +541,7 @@ def create_app(
         openapi_extra=REQUEST_BODY,
     )
     async def recommendations(http: Request) -> Response:
-        query_values(http.query_params.multi_items(), ())  # k and the rest go in the body
+        takes_no_query(http)  # k and the rest go in the body
         request = parse_body(await http.body())
         loaded = live.current
         k = checked_k(request.k)
@@ -564,7 +569,7 @@ def create_app(
         summary="one item",
     )
     async def item(request: Request) -> Response:
-        query_values(request.query_params.multi_items(), ())
+        takes_no_query(request)
         item_id = request.path_params["item_id"]
         loaded = live.current
         known_items(loaded, [item_id])
@@ -573,14 +578,14 @@ def create_app(
 
     @app.api_route("/healthz", methods=["GET", "HEAD"], summary="the process is up")
     async def healthz(request: Request) -> Response:
-        query_values(request.query_params.multi_items(), ())
+        takes_no_query(request)
         return answer({"status": "ok"})
 
     @app.api_route(
         "/readyz", methods=["GET", "HEAD"], summary="a checked bundle is loaded: which one"
     )
     async def readyz(request: Request) -> Response:
-        query_values(request.query_params.multi_items(), ())
+        takes_no_query(request)
         loaded = live.current
         return answer({"status": "ready", "pid": os.getpid(), **loaded.describe()}, loaded)
 
@@ -591,7 +596,7 @@ def create_app(
         response_class=Response,
     )
     async def prometheus_metrics(request: Request) -> Response:
-        query_values(request.query_params.multi_items(), ())
+        takes_no_query(request)
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @app.post(
@@ -604,7 +609,7 @@ def create_app(
         },
     )
     async def admin_reload(request: Request) -> Response:
-        query_values(request.query_params.multi_items(), ())
+        takes_no_query(request)
         if admin_token is not None:
             scheme, _, given = request.headers.get("authorization", "").partition(" ")
             bearer = scheme.lower() == "bearer"  # schemes are case-insensitive (RFC 9110)
@@ -708,10 +713,14 @@ def serve(
     if print_json:
         where = {"url": url, "port": port, "pid": os.getpid(), "workers": workers}
         print(json.dumps({**where, "bundle": str(bundle), "version": version}), flush=True)
-    options = dict(access_log=False, timeout_graceful_shutdown=30, log_level="info")
     # a replacement worker loads a whole bundle (a TorchScript one imports torch: seconds)
     # before it is ready; uvicorn's default 5 s would abort a reload after its 202
-    options.update(timeout_worker_healthcheck=WORKER_READY_S)
+    options = dict(
+        access_log=False,
+        timeout_graceful_shutdown=30,
+        log_level="info",
+        timeout_worker_healthcheck=WORKER_READY_S,
+    )
     token = os.environ.get(TOKEN_VARIABLE) or None
     if workers == 1:
         config = uvicorn.Config(create_app(live, token), **options)
