@@ -71,6 +71,8 @@ class HnswRetriever:
         items): a user's answer does not depend on the users asked beside it."""
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         excluded = [len(e) for e in exclude] if exclude is not None else [0] * len(queries)
+        if len(set(excluded)) == 1:  # one fetch size (a single query, say): one search
+            return self.search_alike(queries, k, min(len(self), k + excluded[0]), exclude)
         fetches = np.minimum(len(self), k + np.asarray(excluded, dtype=np.int64))
         ids = np.full((len(queries), k), -1, dtype=np.int64)
         scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
