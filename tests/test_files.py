@@ -574,3 +574,17 @@ def test_items_the_items_file_leaves_out_are_counted(tmp_path, capsys):
     assert split.titles == ["", "B", "", ""] and split.undescribed == ["1", "3", "4"]
     note = "3 of 4 items have no row in the items table (e.g. '1', '3', '4')"
     assert note in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("suffix", [".gz", ".bz2", ".xz"])
+def test_a_bad_row_of_a_compressed_file_is_named_by_its_line(tmp_path, suffix):
+    import bz2
+    import gzip
+    import lzma
+
+    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}[suffix]
+    path = tmp_path / f"x.tsv{suffix}"
+    with opener(path, "wt", encoding="utf-8") as text:
+        text.write("user\titem\ttimestamp\n1\ta\t1\n\n  \n1\tb\tx\n")
+    message = message_of(files.load_interactions, path)
+    assert message == f"{path}: row 5, column 'timestamp': 'x' is not a number"  # line 5

@@ -7,12 +7,15 @@ are. Ids may be any strings.
 
 from __future__ import annotations
 
+import bz2
 import contextlib
 import csv
+import gzip
+import lzma
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import pandas as pd
@@ -204,10 +207,19 @@ def rows_as_lines(path: Path) -> Iterator[None]:
         raise bad.at(line) from None
 
 
+# the compressions whose lines the standard library reads back (zip and zstd: pandas only)
+OPENERS: dict[str, Callable[..., IO[str]]] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+
+
+def readable_lines(path: Path) -> bool:
+    return not is_compressed(path) or path.suffix.lower() in OPENERS
+
+
 def records(path: Path) -> Iterator[tuple[int, list[str]]]:
-    """The records of an uncompressed CSV/TSV as pandas reads them (blank lines, or lines
-    of spaces, skipped), each with the line it starts on; the header first."""
-    with path.open(encoding="utf-8-sig", newline="") as text:
+    """The records of a CSV/TSV with ``readable_lines`` as pandas reads them (blank lines,
+    or lines of spaces, skipped), each with the line it starts on; the header first."""
+    opener = OPENERS.get(path.suffix.lower(), open) if is_compressed(path) else open
+    with opener(path, "rt", encoding="utf-8-sig", newline="") as text:
         reader = csv.reader(text, delimiter=delimiter(path), skipinitialspace=True)
         previous = 0
         for row in reader:
@@ -222,15 +234,15 @@ def is_compressed(path: Path) -> bool:
 
 def line_of_record(path: Path, record: int) -> int | None:
     """The line where data record ``record`` (0 = the one after the header) starts; None
-    for a compressed file."""
-    if is_compressed(path):
+    where the lines cannot be read back (a zip or zstd file)."""
+    if not readable_lines(path):
         return None
     return next((line for seen, (line, _) in enumerate(records(path)) if seen == record + 1), None)
 
 
 def longer_than_header(path: Path, width: int) -> str:
     """What to say of a file whose rows hold values past the header's ``width`` columns."""
-    if not is_compressed(path):
+    if readable_lines(path):
         for line, row in records(path):
             if len(row) > width and any(field.strip() for field in row[width:]):
                 return f"line {line} has {len(row)} values where the header names {width} columns"
