@@ -90,15 +90,16 @@ def validate(config: TwoTowerConfig) -> TwoTowerConfig:
             f"temperature must be in [min_temperature, max_temperature] = "
             f"[{config.min_temperature:g}, {config.max_temperature:g}], not {config.temperature:g}"
         )
-    chosen = [
-        plugins.registry(kind).get(getattr(config, name)) for name, kind in REGISTRY_OF.items()
-    ]
+    chosen = {
+        name: plugins.registry(kind).get(getattr(config, name))
+        for name, kind in REGISTRY_OF.items()
+    }
     check_component_settings(config)
     check_plugin_options(config)
-    encoder = plugins.user_encoders().get(config.user_encoder)
+    encoder = chosen["user_encoder"]
     if config.train_mode == "sequence" and capability(encoder, "encode_sequence") is None:
         raise cannot_train_in_sequence(config.user_encoder)
-    for component in chosen:
+    for component in chosen.values():
         check_config = capability(component, "check_config")
         if check_config is not None:
             check_config(config)
