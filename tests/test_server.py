@@ -690,6 +690,34 @@ def test_a_crashed_worker_leaves_no_bundle_in_the_metrics(bundle, tmp_path):
         assert f'pid="{crashed}"' not in server.client.get("/metrics").text
 
 
+def test_a_worker_that_cannot_load_waits_longer_each_time(bundle, core, tmp_path):
+    served_folder = Path(shutil.copytree(bundle, tmp_path / "served"))
+    with serving(served_folder, tmp_path / "serve.log", "--workers", "2") as server:
+        wait_for(lambda: len(worker_pids(server)) == 2, what="two workers")
+        flip_a_byte(served_folder)  # damaged after the start: a replacement cannot load it
+        crashed = next(iter(worker_pids(server)))
+        os.kill(int(crashed), signal.SIGKILL)
+        wait_for(lambda: "again in 2 s" in server.text(), what="the second, longer wait")
+        log = server.text()
+        assert log.count("not started") == 2 and "slot" in log and "again in 1 s" in log
+        assert "is corrupted (sha256 does not match manifest)" in log
+        user = core.user_ids[0]  # the other worker serves on
+        for _ in range(4):
+            assert server.client.get(f"/v1/users/{user}/recommendations").status_code == 200
+
+        replace_folder(served_folder, bundle)  # repaired: the slot's next try loads it
+
+        def replaced() -> bool:
+            try:
+                now = worker_pids(server)
+            except httpx.TransportError:
+                return False
+            return len(now) == 2 and crashed not in now
+
+        wait_for(replaced, what="the slot serving again")
+    assert "Traceback" not in server.text()
+
+
 # --- the command line -------------------------------------------------------------------
 
 

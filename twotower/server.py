@@ -14,7 +14,8 @@ With ``--workers N`` uvicorn runs N processes on one socket: each loads the
 bundle, metrics are aggregated across them (prometheus-client's
 multiprocess mode), and a reload restarts them one by one, each replacement
 in service before the process it replaces stops; a replacement that cannot
-load the bundle is dropped and the old process keeps serving.
+load the bundle is dropped and the old process keeps serving. A crashed worker is
+replaced at once, one that cannot load the bundle after a wait (``Supervisor``).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr, Va
 from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Match
 from uvicorn.supervisors import Multiprocess
+from uvicorn.supervisors.multiprocess import Process
 
 from . import __version__
 from .errors import TwoTowerError
@@ -66,6 +68,8 @@ log = logging.getLogger("twotower.serve")
 TOKEN_VARIABLE = "TWOTOWER_ADMIN_TOKEN"  # set it to require `Authorization: Bearer <token>`
 SETTINGS_VARIABLE = "TWOTOWER_SERVE"  # how `--workers N` hands its settings to each worker
 WORKER_READY_S = 60  # how long a worker may take to load its bundle and answer uvicorn
+NOT_LOADED = 4  # a worker's exit status when it cannot load the bundle
+RETRY_FIRST_S, RETRY_MOST_S = 1.0, 60.0  # the wait before a slot tries again, doubling
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -651,28 +655,86 @@ def app_from_environment() -> FastAPI:
         live = LiveBundle(Path(settings["bundle"]), settings["retriever"], settings["threads"])
     except TwoTowerError as exc:  # the supervisor keeps the workers it has
         log.error("worker %d not started: %s", os.getpid(), exc)
-        raise SystemExit(1) from None
+        raise SystemExit(NOT_LOADED) from None
     return create_app(live, os.environ.get(TOKEN_VARIABLE) or None, workers=settings["workers"])
 
 
+class Waiting:
+    """A worker slot whose last worker could not load the bundle, until it tries again.
+
+    It stands in the supervisor's list as a live process, so uvicorn neither restarts
+    it at once nor counts it dead: a worker loading a damaged bundle over and over
+    would take a core from the workers still serving.
+    """
+
+    pid = None
+    exitcode = None
+
+    def __init__(self, seconds: float):
+        self.until = time.monotonic() + seconds
+
+    def is_alive(self, timeout: float = 0) -> bool:
+        return True
+
+    def terminate(self) -> None:  # a reload replaces the slot with a new worker
+        pass
+
+    def join(self) -> None:
+        pass
+
+
 class Supervisor(Multiprocess):
-    """uvicorn's supervisor of ``--workers``, which also drops the metrics of a worker it
-    replaced after a crash: a worker marks its own dead only when it shuts down cleanly,
-    and ``/metrics`` would go on showing the bundle of one that is gone. A Ctrl-C is
-    noted, so that the command ends interrupted, as one process does."""
+    """uvicorn's supervisor of ``--workers``, with three changes.
+
+    A worker that cannot load the bundle (the folder was damaged after the start) is
+    tried again after a wait that doubles up to a minute, and at once after a crash.
+    The metrics of a worker it replaced are dropped: a worker marks its own dead only
+    when it shuts down cleanly, and ``/metrics`` would go on showing the bundle of one
+    that is gone. A Ctrl-C is noted, so that the command ends interrupted, as one
+    process does.
+    """
 
     interrupted = False
+
+    def __init__(self, config: uvicorn.Config, sockets: list[socket.socket]):
+        super().__init__(config, sockets)
+        self.waits: dict[int, float] = {}  # slot -> its next wait, while its workers fail
 
     def handle_int(self) -> None:
         self.interrupted = True
         super().handle_int()
 
     def keep_subprocess_alive(self) -> None:
+        if not self.should_exit.is_set():
+            for slot, process in enumerate(self.processes):
+                self.processes[slot] = self.waited(slot, process)
         before = {process.pid for process in self.processes}
         super().keep_subprocess_alive()
         for pid in before - {process.pid for process in self.processes}:
             if pid is not None:
                 multiprocess.mark_process_dead(pid)
+
+    def waited(self, slot: int, process):
+        """The slot's process: a wait after a worker that could not load, a new worker
+        once the wait is over, else the same one (uvicorn restarts a crashed one)."""
+        if isinstance(process, Waiting):
+            if time.monotonic() < process.until:
+                return process
+            replacement = Process(self.config, self.sockets)
+            replacement.start()
+            return replacement
+        if process.process.is_alive():
+            if slot in self.waits and process.is_ready(timeout=0.1):
+                del self.waits[slot]  # it loaded: the next failure waits the first wait again
+            return process
+        if process.exitcode != NOT_LOADED:
+            return process
+        process.join()
+        multiprocess.mark_process_dead(process.pid)
+        wait = self.waits.get(slot, RETRY_FIRST_S)
+        self.waits[slot] = min(2 * wait, RETRY_MOST_S)
+        log.error("worker slot %d tries to load the bundle again in %g s", slot + 1, wait)
+        return Waiting(wait)
 
 
 def listen(host: str, port: int) -> socket.socket:
