@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import Spare
+from torch import nn
 
 from twotower import plugins, testing
 from twotower.export.torchscript import TorchScriptFormat
@@ -134,6 +135,32 @@ class NoGradient(InBatchSoftmax):
 def test_check_loss_names_a_loss_without_any_gradient_as_training_would():
     with pytest.raises(AssertionError, match="'NoGradient' returned a value without gradients"):
         testing.check_loss(NoGradient)
+
+
+class UnusedScale(nn.Module):
+    """In-batch softmax owning a parameter that its value never uses."""
+
+    def __init__(self, config, item_counts):
+        super().__init__()
+        self.softmax = InBatchSoftmax(config, item_counts)
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def forward(self, user_vecs, item_vecs, temperature, batch):
+        return self.softmax(user_vecs, item_vecs, temperature, batch)
+
+
+class LearnedScale(UnusedScale):
+    def forward(self, user_vecs, item_vecs, temperature, batch):
+        return self.softmax(user_vecs * self.scale, item_vecs, temperature, batch)
+
+
+def test_check_loss_passes_a_loss_that_trains_its_own_parameter():
+    testing.check_loss(LearnedScale)
+
+
+def test_check_loss_catches_a_loss_parameter_that_never_learns():
+    with pytest.raises(AssertionError, match=r"no gradient reaches \['loss_fn\.scale'\]"):
+        testing.check_loss(UnusedScale)
 
 
 class IgnoresExclusion(ExactRetriever):

@@ -188,3 +188,25 @@ def test_the_protocol_ks_that_reach_the_whole_catalog_are_named(capsys, tmp_path
         in " ".join(err.split())
     )
     assert "@20" not in err
+
+
+class LearnedMargin(nn.Module):
+    """In-batch softmax with a learned margin on the positive, pulled towards 1."""
+
+    def __init__(self, config, item_counts):
+        super().__init__()
+        self.margin = nn.Parameter(torch.tensor(0.0))
+
+    def forward(self, user_vecs, item_vecs, temperature, batch):
+        scores = user_vecs @ item_vecs.T - self.margin * torch.eye(len(user_vecs))
+        labels = torch.arange(len(user_vecs))
+        pull = 0.5 * (self.margin - 1.0) ** 2
+        return nn.functional.cross_entropy(scores / temperature, labels) + pull
+
+
+def test_a_loss_with_its_own_parameters_trains_them(tmp_path):
+    with testing.registered("losses", LearnedMargin) as name:
+        training = start_training(tiny_config(tmp_path, loss=name), prepare(tiny_config(tmp_path)))
+        margin = training.trained.loss_fn.margin
+        train_epoch(training, tiny_config(tmp_path), 1, torch.Generator().manual_seed(0))
+    assert margin.item() > 0.0  # AdamW moved it from 0 towards 1

@@ -291,8 +291,9 @@ def check_sequence(what: str, model: TwoTowerModel, config: TwoTowerConfig) -> N
 
 
 def check_loss(loss: str | Callable, **config_changes: Any) -> None:
-    """A loss gives a finite scalar with gradients (accidental hits included) and is
-    lower when each user vector matches its target item than when they are shuffled.
+    """A loss gives a finite scalar with gradients (accidental hits included), is lower
+    when each user vector matches its target item than when they are shuffled, and in a
+    training step gives every parameter a gradient, its own (an ``nn.Module`` loss) too.
     """
     from .train import check_loss_value
 
@@ -352,6 +353,8 @@ def check_loss(loss: str | Callable, **config_changes: Any) -> None:
             f"{what}: {matched:.4f} for users aligned with their targets, "
             f"not lower than {shuffled:.4f} for shuffled ones"
         )
+    with registered("losses", loss) as name:
+        check_every_parameter_learns(what, tiny_config(loss=name, **config_changes))
 
 
 # --- retrievers ----------------------------------------------------------------------

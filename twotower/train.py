@@ -282,7 +282,9 @@ class Training:
 
     @property
     def trained(self) -> nn.Module:
-        """Everything a step trains: the towers, and a loss's own parameters if it has any."""
+        """Everything a step trains: the towers, and a loss's own parameters if it has any
+        (a loss that is an ``nn.Module``). A loss's parameters serve training only: the
+        kept model, and so the artifacts and bundles, are the towers alone."""
         return getattr(self.step, "module", self.step)  # TrainStep, unwrapped
 
     @property
@@ -294,7 +296,8 @@ class Training:
 def start_training(config, split: Split, context: Context = SINGLE) -> Training:
     """Seeded model, data, loss, optimizer and step of ``config`` on ``split``."""
     seed_everything(config.seed, config.num_threads)
-    model = build_model(config, split).to(context.training_device(config.device))
+    device = context.training_device(config.device)
+    model = build_model(config, split).to(device)
     if context.rank:
         torch.manual_seed(config.seed + context.rank)  # each rank its own dropout masks
     mode = resolve_train_mode(config, model)
@@ -309,13 +312,13 @@ def start_training(config, split: Split, context: Context = SINGLE) -> Training:
     make_loss = plugins.losses().get(config.loss)
     with refused_as(f"loss {config.loss!r} could not be made"):
         loss_fn = make_loss(config, item_counts(split, split.num_items))
-    step = distributed.wrap(
-        TrainStep(model, loss_fn, mode, split.earlier_items, context, config.loss), context
-    )
+    train_step = TrainStep(model, loss_fn, mode, split.earlier_items, context, config.loss)
+    train_step.to(device)  # a loss's own parameters go where the towers are
+    step = distributed.wrap(train_step, context)
     # the fused kernel updates every parameter in one call instead of a dozen per tensor
     fused = next(model.parameters()).device.type in ("cpu", "cuda")
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=fused
+    optimizer = torch.optim.AdamW(  # the towers' parameters, then the loss's own if any
+        train_step.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=fused
     )
     schedule = learning_rate_schedule(
         optimizer, config, steps_per_epoch(len(data), batch_size, context)
@@ -365,7 +368,7 @@ def train_epoch(
         loss.backward()
         if step == 1 and context.distributed:  # every rank decides together
             distributed.together(lambda: refuse_unused_parameters(training.trained), context)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        grad_norm = torch.nn.utils.clip_grad_norm_(training.trained.parameters(), 5.0)
         value = distributed.mean(loss.item(), context)
         stop_if_diverged(epoch, step, value, grad_norm.item(), config.lr)
         training.optimizer.step()
