@@ -66,6 +66,24 @@ class ShortUsers(TorchScriptFormat):
         return towers
 
 
+class GraphsOfObjects(TorchScriptFormat):
+    """Describes its graphs with Python objects that manifest.json cannot hold."""
+
+    def load(self, bundle_dir: Path, threads: int = 1):
+        towers = super().load(bundle_dir, threads)
+        towers.graphs = lambda: {"user": {"inputs": {"user_ids", "history"}}}
+        return towers
+
+
+class GraphsOfTuples(TorchScriptFormat):
+    """Describes its graphs with tuples: JSON reads them back as lists, never equal."""
+
+    def load(self, bundle_dir: Path, threads: int = 1):
+        towers = super().load(bundle_dir, threads)
+        towers.graphs = lambda: {"user": {"inputs": ("user_ids", "history")}}
+        return towers
+
+
 BROKEN = {
     "export-raises": (ExportRaises, "could not export the towers (OSError: no space left"),
     "returns-nothing": (ReturnsNothing, "it returned [], not the list of files it wrote"),
@@ -74,6 +92,8 @@ BROKEN = {
     "load-raises": (LoadRaises, "could not load the towers it exported (ValueError: graph"),
     "double-items": (DoubleItems, "the item tower returned a float64 array of shape"),
     "short-users": (ShortUsers, "the user tower returned a float32 array of shape (1, "),
+    "graphs-of-objects": (GraphsOfObjects, "graphs() returned {'user': {'inputs': {"),
+    "graphs-of-tuples": (GraphsOfTuples, "not a JSON object"),
 }
 
 
@@ -95,6 +115,12 @@ def test_a_format_breaking_its_contract_is_refused_by_name(
     assert message.startswith(f"format {name!r}") and "\n" not in message
     assert BROKEN[name][1] in message
     assert not target.exists()
+
+
+@pytest.mark.parametrize("name", BROKEN)
+def test_the_kit_fails_every_format_that_export_refuses(name):
+    with pytest.raises(AssertionError, match=r"^format '\w+'"):
+        check_format(BROKEN[name][0])
 
 
 class SwallowsTheSignal(TorchScriptFormat):
@@ -151,5 +177,5 @@ class ExportReturnsAPath(TorchScriptFormat):
 
 
 def test_the_kit_names_an_export_that_does_not_return_a_list():
-    with pytest.raises(AssertionError, match="export\\(\\) must return the files it wrote"):
+    with pytest.raises(AssertionError, match="not the list of files it wrote"):
         check_format(ExportReturnsAPath)

@@ -9,6 +9,7 @@ and how results are ranked are all here, so both give the same answers.
 
 from __future__ import annotations
 
+import json
 import numbers
 import threading
 import warnings
@@ -377,8 +378,20 @@ class CheckedTowers:
         return self.checked(vectors, len(item_ids), "item")
 
     def graphs(self) -> dict[str, Any]:
+        """The format's description of its graphs, as ``manifest.json`` records it and
+        every load compares it: a JSON object that reads back as the same value."""
         with refused_as(f"format {self.format!r} could not describe its graphs"):
-            return self.towers.graphs()
+            graphs = self.towers.graphs()
+        try:
+            same = isinstance(graphs, dict) and json.loads(json.dumps(graphs)) == graphs
+        except (TypeError, ValueError):
+            same = False
+        if not same:
+            raise TwoTowerError(
+                f"format {self.format!r}: graphs() returned {graphs!r:.200}, not a JSON object "
+                "(of objects, lists, strings and numbers) that manifest.json records as it is"
+            )
+        return graphs
 
     def checked(self, vectors: Any, rows: int, tower: str) -> np.ndarray:
         shape = (rows, self.dim)

@@ -13,9 +13,10 @@ a format plugin, search as the serving runtime calls it) and fails with an
 a few seconds. The built-ins pass them all (``tests/test_testing_kit.py``), so
 a third-party component is held to exactly the same contract.
 
-A check takes a registered name or the component itself; a component that is
-not registered yet is registered for the duration of the check under a
-temporary name, so a plugin can be checked before it is installed.
+A check takes a registered name or the component itself, so a plugin can be
+checked before it is installed: an encoder or loss that is not registered yet
+is registered under a temporary name for the duration (training looks its
+components up by name); a retriever or format is used as it is.
 """
 
 from __future__ import annotations
@@ -41,10 +42,11 @@ from .config import TwoTowerConfig
 from .data.padding import pad_left
 from .data.split import Split, make_split
 from .errors import TwoTowerError
+from .export.bundle import check_written
 from .hookspecs import hookimpl
 from .losses import TrainBatch
 from .metrics import overlap_at_k
-from .recommendation import save_index
+from .recommendation import CheckedTowers, save_index
 from .towers.model import TwoTowerModel
 from .towers.runtime import ModelTowers
 
@@ -133,6 +135,26 @@ def registered(kind: str, component: Any) -> Iterator[str]:
         plugins.remove_plugin(f"twotower.testing:{name}")
 
 
+def built_in(kind: str) -> list[str]:
+    """The names twotower's own plugins register: what every component must work with."""
+    registry = plugins.registry(kind)
+    ours = plugins.DEFAULT_PLUGINS
+    return [name for name in registry.names() if registry.plugin_of(name) in ours]
+
+
+@contextlib.contextmanager
+def asserted(what: str) -> Iterator[None]:
+    """A component's failure inside the block, as an ``AssertionError`` naming ``what``."""
+    try:
+        yield
+    except AssertionError:
+        raise
+    except TwoTowerError as problem:  # twotower's own checks name the component already
+        raise AssertionError(str(problem)) from None
+    except Exception as exc:
+        raise AssertionError(f"{what}: {type(exc).__name__}: {exc}") from exc
+
+
 @cache
 def tiny_model(user_encoder: str = "transformer") -> TwoTowerModel:
     """A model trained one epoch on the tiny fixture, for the format checks."""
@@ -190,17 +212,15 @@ def check_user_encoder(encoder: str | type, **config_changes: Any) -> None:
     """A user encoder trains, gives finite [B, d] vectors (unit length when the config
     normalises), ignores left padding, keeps a cold user finite, encodes every prefix at
     once as it encodes each (with the ``encode_sequence`` capability), and exports in
-    every registered format with parity (dynamic batch and history length).
+    each built-in format with parity (dynamic batch and history length).
     """
     from .train import train
 
     with registered("user_encoders", encoder) as name:
         config = tiny_config(user_encoder=name, **config_changes)
         what = f"user encoder {name!r}"
-        try:  # training's own checks (vector shapes, dtypes) speak as the kit does
+        with asserted(what):  # training's own checks (vector shapes, dtypes) name it
             result = train(config, tiny_split())
-        except TwoTowerError as problem:  # it names the encoder
-            raise AssertionError(str(problem)) from None
         losses = [entry["loss"] for entry in result.log]
         assert all(math.isfinite(loss) for loss in losses), f"{what}: training loss {losses}"
         if len(losses) > 1:
@@ -210,18 +230,13 @@ def check_user_encoder(encoder: str | type, **config_changes: Any) -> None:
         check_every_parameter_learns(what, config)
         check_user_vectors(what, model, config)
         check_sequence(what, model, config)
-        for format_name in plugins.formats().names():
+        for format_name in built_in("formats"):  # a format plugin has check_format
             exporter = plugins.formats().get(format_name)()
-            with tempfile.TemporaryDirectory() as folder:
-                try:
-                    exporter.export(model, Path(folder))
-                except Exception as exc:  # the rule is "exports in every registered format"
-                    raise AssertionError(
-                        f"{what}: cannot be exported by format {format_name!r} "
-                        f"({type(exc).__name__}: {exc})"
-                    ) from exc
+            exported = f"{what} exported to {format_name}"
+            with tempfile.TemporaryDirectory() as folder, asserted(exported):
+                exporter.export(model, Path(folder))
                 towers = exporter.load(Path(folder))
-                assert_towers_match(f"{what} exported to {format_name}", model, towers, False)
+            assert_towers_match(exported, model, towers, False)
 
 
 def first_step_loss(training, seed: int) -> torch.Tensor:
@@ -334,10 +349,8 @@ def check_loss(loss: str | Callable, **config_changes: Any) -> None:
         with_hit[1] = with_hit[0]  # one item is the positive of two rows
         users = torch.randn(size, dim, requires_grad=True)
         value = run(F.normalize(users, dim=-1), with_hit)
-        try:
+        with asserted(what):
             check_loss_value(value, what)  # what training refuses
-        except TwoTowerError as problem:
-            raise AssertionError(str(problem)) from None
         assert torch.isfinite(value), f"{what}: {value.item()} on a random batch"
         value.backward()
         for part, grad in (("user vectors", users.grad), ("item vectors", table.grad)):
@@ -457,10 +470,8 @@ def check_save_load(what, name, cls, index, queries, exclude) -> None:
     with tempfile.TemporaryDirectory() as folder:
         for own in FITTED_FILES:  # an index saved beside them must leave them as they are
             (Path(folder) / own).write_text("{}")
-        try:
+        with asserted(what):
             written = save_index(name, index, Path(folder))
-        except TwoTowerError as problem:
-            raise AssertionError(str(problem)) from None
         assert written, f"{what}: save() must return the files it wrote, got {written}"
         loaded = cls.load(Path(folder))
         for excluded in (None, exclude):
@@ -502,7 +513,8 @@ def check_format(format: str | type, user_encoder: str = "transformer") -> None:
     Each quantization it offers applies in place and still gives finite vectors.
     """
     cls = plugins.formats().get(format) if isinstance(format, str) else format
-    what = f"format {format if isinstance(format, str) else cls.__name__!r}"
+    name = format if isinstance(format, str) else cls.__name__
+    what = f"format {name!r}"
     exporter = cls()
     conforms(what, exporter, contracts.Format)
     schemes = contracts.capability(exporter, "quantizations")
@@ -515,15 +527,13 @@ def check_format(format: str | type, user_encoder: str = "transformer") -> None:
     )
     model = tiny_model(user_encoder)
     with tempfile.TemporaryDirectory() as folder:
-        written = exporter.export(model, Path(folder))
-        listed = isinstance(written, list | tuple) and bool(written)
-        assert listed and all(Path(p).is_file() for p in written), (
-            f"{what}: export() must return the files it wrote, got {written}"
-        )
-        outside = [p for p in written if Path(folder).resolve() not in Path(p).resolve().parents]
-        assert not outside, f"{what}: export() wrote outside the bundle folder: {outside}"
-        towers = cls().load(Path(folder))
+        with asserted(what):
+            written = exporter.export(model, Path(folder))
+            towers = cls().load(Path(folder))
         conforms(f"{what}: what load() returns", towers, contracts.Towers)
+        with asserted(what):  # what `twotower export` refuses: files it lists, graphs it records
+            check_written(name, written, Path(folder))
+            CheckedTowers(name, towers, model.vector_dim).graphs()
         assert_towers_match(what, model, towers, items=True)
     dim = int(model.catalog_vectors().shape[1])
     batches = history_batches(tiny_split(), model.max_history_len)
@@ -531,9 +541,10 @@ def check_format(format: str | type, user_encoder: str = "transformer") -> None:
     calibration = contracts.Calibration(user_batches=batches, item_batches=[items])
     for scheme in schemes:
         with tempfile.TemporaryDirectory() as folder:
-            exporter.export(model, Path(folder))
-            exporter.quantize(Path(folder), scheme, calibration)
-            towers = cls().load(Path(folder))
+            with asserted(f"{what}, quantized {scheme}"):
+                exporter.export(model, Path(folder))
+                exporter.quantize(Path(folder), scheme, calibration)
+                towers = cls().load(Path(folder))
             for batch in batches:
                 vectors = towers.encode_users(*batch)
                 assert_vectors(f"{what}, quantized {scheme}", vectors, len(batch[0]), dim)
