@@ -375,6 +375,17 @@ def test_a_core_setting_sharing_a_component_s_prefix_is_not_its_option(runtime_p
     }
 
 
+def test_an_option_belongs_to_the_component_with_the_longest_name(runtime_plugin):
+    """With retrievers hnsw and hnsw-fast, hnsw_fast_ef is hnsw-fast's option: hnsw is
+    neither built nor checked with a "fast_ef" it does not know."""
+    fast = type("FastHNSW", (MaxRetriever,), {})
+    runtime_plugin("fast", "register_retrievers", lambda register: register("hnsw-fast", fast))
+    config = validate(testing.tiny_config(hnsw_ef=7, extra={"hnsw_fast_depth": 3}))
+    assert plugins.component_options(config, "hnsw-fast") == {"depth": 3}
+    assert plugins.component_options(config, "hnsw")["ef"] == 7
+    assert "fast_depth" not in plugins.component_options(config, "hnsw")
+
+
 def test_a_plugin_that_exits_on_import_is_reported_and_the_rest_works(site, capsys):
     """sys.exit in a plugin module must not end every command in silence."""
     site.install("twotower-exits", "0.1.0", {"tt_exiting_plugin": "import sys\nsys.exit(0)\n"})

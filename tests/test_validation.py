@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from helpers import TINY, error_line, refused, run, synthetic_fit
 
-from twotower import TwoTowerConfig, fit
+from twotower import TwoTowerConfig, fit, plugins
 from twotower.cli import build_parser, main, resolve_config
 from twotower.errors import TwoTowerError
 from twotower.retrievers.hnsw import HnswRetriever
-from twotower.validation import RULES, components, prefix_of, validate
+from twotower.validation import RULES, components, validate
 
 
 def fails(capsys, tmp_path: Path, *argv: str) -> str:
@@ -139,7 +139,9 @@ def test_every_numeric_setting_has_allowed_values():
     hints = typing.get_type_hints(TwoTowerConfig)
     unbounded = {"min_rating"}  # any threshold is meaningful, even one nothing passes
     owned = [  # the settings a component's option schema checks, such as hnsw_m
-        prefix_of(name) for _, name, c in components() if getattr(c, "option_schema", None)
+        plugins.option_prefix(name)
+        for _, name, c in components()
+        if getattr(c, "option_schema", None)
     ]
     for field in dataclasses.fields(TwoTowerConfig):
         numeric = {int, float} & set(typing.get_args(hints[field.name]) or [hints[field.name]])

@@ -252,9 +252,23 @@ def plugin_table() -> tuple[list[PluginInfo], list[str]]:
     return list(get_manager().plugins.values()), problems
 
 
+def option_prefix(name: str) -> str:
+    """What component ``name``'s options start with (``transformer-cls``: ``transformer_cls_``)."""
+    return name.replace("-", "_") + "_"
+
+
+def option_owner(key: str) -> str | None:
+    """The option prefix ``key`` belongs to: the longest of the registered components'
+    (``hnsw_fast_ef`` is ``hnsw-fast``'s when both ``hnsw`` and ``hnsw-fast`` exist)."""
+    names = {name for kind in KINDS for name in registry(kind).names()}
+    owners = [prefix for prefix in map(option_prefix, names) if key.startswith(prefix)]
+    return max(owners, key=len, default=None)
+
+
 def component_options(config: Any, name: str, component: Any = None) -> dict[str, Any]:
-    """Options for component ``name``: ``extra`` keys named ``<name>_*``, and the config
-    fields so named that its ``option_schema`` declares.
+    """Options for component ``name``: ``extra`` keys named ``<name>_*`` that no component
+    of a longer name owns (``option_owner``), and the config fields so named that its
+    ``option_schema`` declares.
 
     ``hnsw_ef=50`` in the config becomes ``ef=50`` for the ``hnsw`` retriever;
     a plugin retriever ``faiss`` reads ``extra["faiss_nprobe"]`` the same way. A
@@ -262,7 +276,7 @@ def component_options(config: Any, name: str, component: Any = None) -> dict[str
     named ``max``) is not the component's. ``component`` defaults to the one
     registered as ``name``.
     """
-    prefix = name.replace("-", "_") + "_"
+    prefix = option_prefix(name)
     if component is None:
         found = [registry(kind).get(name) for kind in KINDS if name in registry(kind)]
         component = found[0] if found else None
@@ -276,5 +290,7 @@ def component_options(config: Any, name: str, component: Any = None) -> dict[str
         if key != "extra" and key.startswith(prefix) and key[len(prefix) :] in declared
     }
     extra = getattr(config, "extra", {}) or {}
-    options.update({k[len(prefix) :]: v for k, v in extra.items() if k.startswith(prefix)})
+    options.update(
+        {k[len(prefix) :]: v for k, v in extra.items() if option_owner(str(k)) == prefix}
+    )
     return options

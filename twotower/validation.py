@@ -152,10 +152,6 @@ def components() -> Iterator[tuple[str, str, Any]]:
             yield kind, name, registry.get(name)
 
 
-def prefix_of(name: str) -> str:
-    return name.replace("-", "_") + "_"
-
-
 def check_plugin_options(config: TwoTowerConfig) -> None:
     """Every ``--set`` key belongs to one component, which checks all of its options.
 
@@ -168,11 +164,7 @@ def check_plugin_options(config: TwoTowerConfig) -> None:
     core = {f.name for f in dataclasses.fields(TwoTowerConfig)}
     owners: dict[str, list[tuple[str, str, Any]]] = {}
     for kind, name, component in components():
-        owners.setdefault(prefix_of(name), []).append((kind, name, component))
-    prefixes = sorted(owners, key=len, reverse=True)
-
-    def owner(key: str) -> str | None:
-        return next((prefix for prefix in prefixes if key.startswith(prefix)), None)
+        owners.setdefault(plugins.option_prefix(name), []).append((kind, name, component))
 
     def noun(kind: str, name: str) -> str:
         return f"{plugins.KINDS[kind][1]} {name!r}"
@@ -187,11 +179,11 @@ def check_plugin_options(config: TwoTowerConfig) -> None:
                 else f"use --{key.replace('_', '-')} or the TOML key {key} where a command has it"
             )
             raise TwoTowerError(f"--set {key}: {key} is a run setting of its own; {where}")
-        prefix = owner(key)
+        prefix = plugins.option_owner(key)
         if prefix is None:
             raise TwoTowerError(
                 f"unknown plugin option {key!r}: a plugin option starts with the name of the "
-                f"component that reads it ({', '.join(sorted(prefixes))})"
+                f"component that reads it ({', '.join(sorted(owners))})"
             )
         claimants = owners[prefix]
         if len(claimants) > 1:
@@ -210,10 +202,9 @@ def check_plugin_options(config: TwoTowerConfig) -> None:
         (kind, name, component), *others = claimants
         schema = capability(component, "option_schema")
         if not others and dataclasses.is_dataclass(schema):
-            options = plugins.component_options(config, name, component)
             check(
                 schema,
-                {key: value for key, value in options.items() if owner(prefix + key) == prefix},
+                plugins.component_options(config, name, component),
                 spell=lambda field, prefix=prefix: prefix + field,
                 owner=noun(kind, name),
             )
