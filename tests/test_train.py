@@ -11,7 +11,7 @@ from twotower import TwoTowerError, fit, plugins, testing
 from twotower.api import prepare
 from twotower.hookspecs import hookimpl
 from twotower.towers.mean import MeanEncoder
-from twotower.train import start_training, stop_if_diverged, train_epoch
+from twotower.train import prefix_batches, start_training, stop_if_diverged, train_epoch
 from twotower.validation import validate
 
 
@@ -79,6 +79,19 @@ class PrefixOnly(nn.Module):
 
     def forward(self, user_ids, history, history_mask):
         return self.inner(user_ids, history, history_mask)
+
+
+class SequenceSwitchedOff(MeanEncoder):
+    """Declines the capability its parent offers, as the contract allows: by ``None``."""
+
+    encode_sequence = None
+
+
+def test_an_encoder_declining_encode_sequence_trains_in_prefix_mode(tmp_path):
+    with testing.registered("user_encoders", SequenceSwitchedOff) as name:
+        config = tiny_config(tmp_path, user_encoder=name, train_mode="auto")
+        training = start_training(config, prepare(config))
+    assert training.batches is prefix_batches
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from . import distributed, plugins
-from .contracts import cannot_train_in_sequence
+from .contracts import cannot_train_in_sequence, capability
 from .data.seen import EarlierItems
 from .data.split import Examples, Split, Windows, training_examples, training_windows
 from .distributed import SINGLE, Context
@@ -66,8 +66,9 @@ def item_counts(split: Split, num_items: int) -> torch.Tensor:
 
 def resolve_train_mode(config, model: TwoTowerModel) -> str:
     """``sequence`` if the encoder has a causal ``encode_sequence`` and auto asks, else prefix."""
-    can_sequence = hasattr(model.user_tower, "encode_sequence") and getattr(
-        model.user_tower, "causal", True
+    encoder = model.user_tower
+    can_sequence = capability(encoder, "encode_sequence") is not None and bool(
+        capability(encoder, "causal")
     )
     if config.train_mode == "auto":
         return "sequence" if can_sequence else "prefix"
