@@ -223,3 +223,46 @@ def test_a_loss_with_its_own_parameters_trains_them(tmp_path):
         margin = training.trained.loss_fn.margin
         train_epoch(training, tiny_config(tmp_path), 1, torch.Generator().manual_seed(0))
     assert margin.item() > 0.0  # AdamW moved it from 0 towards 1
+
+
+class FailsInTraining(MeanEncoder):
+    def encode_sequence(self, user_ids, history, history_mask):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (8x16 and 32x16)")
+
+
+class FailsInEvaluation(MeanEncoder):
+    encode_sequence = None  # prefix mode: forward is what trains
+
+    def forward(self, user_ids, history, history_mask):
+        if not self.training:
+            raise IndexError("index 41 is out of bounds for dimension 0 with size 41")
+        return super().forward(user_ids, history, history_mask)
+
+
+class FailingLoss:
+    def __init__(self, config, item_counts):
+        pass
+
+    def __call__(self, user_vecs, item_vecs, temperature, batch):
+        raise KeyError("margin")
+
+
+@pytest.mark.parametrize(
+    ("kind", "component", "said"),
+    [
+        ("user_encoders", FailsInTraining, "user encoder {!r} failed in encode_sequence, in "
+         "a training step (RuntimeError: mat1 and mat2 shapes cannot be multiplied"),
+        ("user_encoders", FailsInEvaluation, "user encoder {!r} failed to encode users for "
+         "evaluation (IndexError: index 41 is out of bounds"),
+        ("losses", FailingLoss, "loss {!r} failed in a training step (KeyError: 'margin')"),
+    ],
+)  # fmt: skip
+def test_a_plugin_failing_in_training_is_one_line_naming_it(
+    capsys, tmp_path, kind, component, said
+):
+    setting = {"user_encoders": "--user-encoder", "losses": "--loss"}[kind]
+    with testing.registered(kind, component) as name:
+        argv = synthetic_fit(tmp_path / "data", setting, name, "--artifacts-dir", tmp_path / "out")
+        code, _, err = run(capsys, *argv)
+    assert error_line(code, err).startswith(f"error: {said.format(name)}")
+    assert not (tmp_path / "out").exists()

@@ -76,11 +76,12 @@ def model_scorer(
 
     def score(rows: np.ndarray) -> torch.Tensor:
         ids, mask = pad_left([histories[r] for r in rows], max_len)
-        vectors = model.encode_users(
-            torch.as_tensor(users[rows], device=device),
-            torch.as_tensor(ids, device=device),
-            torch.as_tensor(mask, device=device),
-        )
+        with model.encoder_failures("to encode users for evaluation"):
+            vectors = model.encode_users(
+                torch.as_tensor(users[rows], device=device),
+                torch.as_tensor(ids, device=device),
+                torch.as_tensor(mask, device=device),
+            )
         model.check_user_vectors(vectors, torch.Size([len(rows)]))
         return vectors @ catalog.T  # [rows, N]
 

@@ -133,10 +133,12 @@ def encode_batch(model: TwoTowerModel, mode: str, users, history, targets, devic
     mask = history != 0
     targets = torch.as_tensor(targets, device=device)
     if mode == "prefix":
-        vectors = model.encode_users(user_ids, history, mask)
+        with model.encoder_failures("in a training step"):
+            vectors = model.encode_users(user_ids, history, mask)
         model.check_user_vectors(vectors, user_ids.shape)
         return user_ids, history, mask, vectors, targets
-    vectors = model.user_tower.encode_sequence(user_ids, history, mask)  # [B, L, d]
+    with model.encoder_failures("in encode_sequence, in a training step"):
+        vectors = model.user_tower.encode_sequence(user_ids, history, mask)  # [B, L, d]
     model.check_user_vectors(vectors, history.shape, "encode_sequence")
     owned = targets != 0  # [B, L]
     rows = user_ids.unsqueeze(1).expand_as(targets)[owned]  # [M]
@@ -201,7 +203,9 @@ class TrainStep(nn.Module):
             earlier_items_of(self.earlier, user_ids, targets),
             shards,
         )
-        loss = self.loss_fn(user_vecs, model.encode_items(targets), model.temperature, batch)
+        item_vecs = model.encode_items(targets)
+        with refused_as(f"loss {self.loss_name!r} failed in a training step"):
+            loss = self.loss_fn(user_vecs, item_vecs, model.temperature, batch)
         loss = check_loss_value(loss, f"loss {self.loss_name!r}")
         return loss if shards is None else loss * shards.share
 

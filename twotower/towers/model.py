@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from contextlib import AbstractContextManager
 
 import numpy as np
 import torch
@@ -67,6 +68,11 @@ class TwoTowerModel(nn.Module):
             got = f"a {type(vectors).__name__}"
         source = f"user encoder {self.encoder_name!r}" + (f" ({method})" if method else "")
         raise TwoTowerError(f"{source} returned {got}, not {dtype} vectors of shape {shape}")
+
+    def encoder_failures(self, doing: str) -> AbstractContextManager[None]:
+        """The block's exceptions as one error naming the user encoder (a plugin) and
+        what it was ``doing``: the user sees one line, as for any plugin that fails."""
+        return refused_as(f"user encoder {self.encoder_name!r} failed {doing}")
 
     def encode_items(self, item_ids: torch.Tensor) -> torch.Tensor:
         return self.item_tower(item_ids)  # [N, d]
