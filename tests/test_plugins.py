@@ -386,6 +386,28 @@ def test_an_option_belongs_to_the_component_with_the_longest_name(runtime_plugin
     assert "fast_depth" not in plugins.component_options(config, "hnsw")
 
 
+class CannotLoad:
+    """Builds and searches, but cannot load or save an index."""
+
+    build, search = ExactRetriever.build, ExactRetriever.search
+
+
+@pytest.mark.parametrize(
+    ("component", "lacks"), [(CannotLoad, "load, save"), (42, "build, load, search, save")]
+)
+def test_a_component_without_its_contract_s_methods_is_refused_before_any_data_is_read(
+    runtime_plugin, capsys, tmp_path, component, lacks
+):
+    runtime_plugin("odd", "register_retrievers", lambda register: register("odd", component))
+    data = tmp_path / "data"
+    code = main(["fit", "--dataset", "synthetic", "--data-dir", str(data), "--retriever", "odd"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.strip() == (
+        f"error: retriever 'odd' (plugin 'odd') does not keep contracts.Retriever: it lacks {lacks}"
+    )
+    assert not data.exists()
+
+
 def test_a_plugin_that_exits_on_import_is_reported_and_the_rest_works(site, capsys):
     """sys.exit in a plugin module must not end every command in silence."""
     site.install("twotower-exits", "0.1.0", {"tt_exiting_plugin": "import sys\nsys.exit(0)\n"})

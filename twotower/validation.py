@@ -25,7 +25,7 @@ from typing import Any
 
 from . import plugins
 from .config import MAX_THREADS, TwoTowerConfig
-from .contracts import cannot_train_in_sequence, capability
+from .contracts import CONTRACTS, cannot_train_in_sequence, capability, missing
 from .errors import TwoTowerError
 from .schema import Allowed, at_least, between, check, one_of, positive
 
@@ -94,6 +94,8 @@ def validate(config: TwoTowerConfig) -> TwoTowerConfig:
         name: plugins.registry(kind).get(getattr(config, name))
         for name, kind in REGISTRY_OF.items()
     }
+    for name, component in chosen.items():
+        check_contract(REGISTRY_OF[name], getattr(config, name), component)
     check_component_settings(config)
     check_plugin_options(config)
     encoder = chosen["user_encoder"]
@@ -104,6 +106,19 @@ def validate(config: TwoTowerConfig) -> TwoTowerConfig:
         if check_config is not None:
             check_config(config)
     return config
+
+
+def check_contract(kind: str, name: str, component: Any) -> None:
+    """The component chosen has every method its contract names: one that lacks one
+    would fail only later, after training, in a folder the user never named."""
+    protocol = CONTRACTS[plugins.KINDS[kind][0]][0]
+    lacking = missing(component, protocol)
+    if lacking:
+        registry = plugins.registry(kind)
+        raise TwoTowerError(
+            f"{registry.noun} {name!r} (plugin {registry.plugin_of(name)!r}) does not keep "
+            f"contracts.{protocol.__name__}: it lacks {', '.join(lacking)}"
+        )
 
 
 # --- settings one component reads ----------------------------------------------------------
