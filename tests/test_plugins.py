@@ -321,13 +321,28 @@ def test_register_datasets(runtime_plugin):
     assert (split.num_users, split.num_items) == (3, 5)
 
 
-def test_a_name_that_is_not_a_string_fails_its_plugin_only(runtime_plugin):
-    runtime_plugin("numbered", "register_retrievers", lambda register: register(123, object))
-    with pytest.warns(UserWarning, match="registered 123: a name is a non-empty string"):
+@pytest.mark.parametrize("name", [123, "", " ", "-dash", "a,b", "x y", "a.b", "é"])
+def test_a_name_that_cannot_be_written_in_a_flag_or_list_fails_its_plugin_only(
+    runtime_plugin, name
+):
+    runtime_plugin("misnamed", "register_retrievers", lambda register: register(name, object))
+    rule = "a name is letters, digits, '-' and '_', starting with a letter or digit"
+    with pytest.warns(UserWarning, match=re.escape(f"registered {name!r}: {rule}")):
         names = plugins.retrievers().names()
-    assert "exact" in names and 123 not in names
-    (info,) = [i for i in plugins.plugin_table()[0] if i.name == "numbered"]
-    assert "a name is a non-empty string" in info.error
+    assert "exact" in names and name not in names
+    (info,) = [i for i in plugins.plugin_table()[0] if i.name == "misnamed"]
+    assert rule in info.error
+
+
+def test_a_plugin_module_without_hooks_is_reported_not_listed_as_ok(site, capsys):
+    """A hook written without @hookimpl is never called: the plugin is a failure, not ok."""
+    site.install(
+        "twotower-unmarked", "0.1.0", {"tt_unmarked": "def register_retrievers(r): pass\n"}
+    )
+    site.enable("tt_unmarked")
+    with pytest.warns(UserWarning, match="'tt_unmarked' failed: .*implements no twotower hook"):
+        assert main(["plugins"]) == 0
+    assert "implements no twotower hook" in capsys.readouterr().out.replace("\n", "")
 
 
 def test_a_component_without_an_option_schema_takes_no_options():

@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import importlib
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from functools import cache
@@ -33,6 +34,10 @@ DEFAULT_PLUGINS = (
     "twotower.builtins.formats",
     "twotower.builtins.datasets",
 )
+
+# what a component's name may be: it is written in flags, in comma-separated lists
+# (`bench --retrievers exact,hnsw`), in option keys (`<name>_<option>`) and folder names
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 # registry kind -> (hook name, singular noun used in messages)
 KINDS = {
@@ -105,6 +110,12 @@ def _register(pm: pluggy.PluginManager, plugin: Any, name: str) -> None:
     A misspelled hook (``register_retriever``) would otherwise be silently
     never called; the error suggests the hook that was meant.
     """
+    if not hooks_of(plugin):  # listed as loaded, it would register nothing, silently
+        raise pluggy.PluginValidationError(
+            plugin,
+            "it implements no twotower hook (a function marked @hookimpl, such as "
+            "register_retrievers)",
+        )
     try:
         pm.register(plugin, name)
         pm.check_pending()
@@ -212,9 +223,14 @@ def registry(kind: str) -> Registry:
         except (Exception, SystemExit) as exc:  # a plugin whose hook raises is reported
             _report_failure(manager.plugins, impl.plugin_name, f"{hook_name} raised {exc!r}")
             continue
-        bad = [name for name, _ in collected if not (isinstance(name, str) and name.strip())]
+        bad = [
+            name for name, _ in collected if not (isinstance(name, str) and NAME.fullmatch(name))
+        ]
         if bad:
-            problem = f"{hook_name} registered {bad[0]!r}: a name is a non-empty string"
+            problem = (
+                f"{hook_name} registered {bad[0]!r}: a name is letters, digits, '-' and '_', "
+                "starting with a letter or digit"
+            )
             _report_failure(manager.plugins, impl.plugin_name, problem)
             continue
         found += [(name, component, impl.plugin_name) for name, component in collected]
