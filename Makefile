@@ -1,6 +1,7 @@
 # Set-up and the two jobs of the README: `make fit` and `make test`.
-# Both create .venv on first use: torch==2.13.0 (the CPU build) goes in first,
-# so that nothing pulls an unpinned torch, then twotower with its dev extras,
+# Both create .venv on first use: torch==2.13.0 goes in first unless a torch is
+# there already (the build pip picks; install the CPU build yourself first to
+# be sure of it), so that nothing pulls an unpinned torch, then twotower with its dev extras,
 # then the plugin packages of plugins/ (editable; faiss-cpu is their one extra need).
 
 PYTHON ?= python3

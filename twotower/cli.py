@@ -762,10 +762,16 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         "these weights and library versions (default: exports)",
     )
     serving.add_argument(
-        "--repeats", type=positive_int, default=200, help="timed repetitions per contender"
+        "--repeats",
+        type=positive_int,
+        default=200,
+        help="timed repetitions per contender (default: 200)",
     )
     serving.add_argument(
-        "--threads", type=positive_int, default=1, help="threads for torch, BLAS, onnxruntime"
+        "--threads",
+        type=positive_int,
+        default=1,
+        help="threads for torch, BLAS, onnxruntime (default: 1)",
     )
 
     scale = suite("scale", cmd_bench_scale, "exact vs HNSW search on synthetic catalogs")
@@ -775,11 +781,18 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         default=[10_000, 100_000],
         help="catalog sizes (default: 10000,100000; add 1000000 for the full run)",
     )
-    scale.add_argument("--queries", type=positive_int, default=1000, help="queries per size")
     scale.add_argument(
-        "--repeats", type=positive_int, default=200, help="timed repetitions per contender"
+        "--queries", type=positive_int, default=1000, help="queries per size (default: 1000)"
     )
-    scale.add_argument("--threads", type=positive_int, default=1, help="threads for the search")
+    scale.add_argument(
+        "--repeats",
+        type=positive_int,
+        default=200,
+        help="timed repetitions per contender (default: 200)",
+    )
+    scale.add_argument(
+        "--threads", type=positive_int, default=1, help="threads for the search (default: 1)"
+    )
     scale.add_argument("--plot", type=png_file, metavar="FILE.png", help="recall vs queries/s PNG")
 
     training = suite("train", cmd_bench_train, "every user encoder x every loss, over seeds")
@@ -788,7 +801,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         "--encoders", type=name_list("user_encoders"), help="user encoders (default: all)"
     )
     training.add_argument("--losses", type=name_list("losses"), help="losses (default: all)")
-    training.add_argument("--seeds", type=seed_list, default=[0, 1, 2], help="seeds (0,1,2)")
+    training.add_argument(
+        "--seeds", type=seed_list, default=[0, 1, 2], help="seeds (default: 0,1,2)"
+    )
 
     accuracy = suite("accuracy", cmd_bench_accuracy, "named configurations over seeds")
     add_config_flags(accuracy)
@@ -799,7 +814,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         metavar="LIST",
         help="comma-separated: default, FILE.toml, or key=value[+key=value] over the defaults",
     )
-    accuracy.add_argument("--seeds", type=seed_list, default=[0, 1, 2], help="seeds (0,1,2)")
+    accuracy.add_argument(
+        "--seeds", type=seed_list, default=[0, 1, 2], help="seeds (default: 0,1,2)"
+    )
 
     scale_train = suite(
         "scale-train",
@@ -830,7 +847,10 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     )
     served.add_argument("--bundle", type=Path, required=True, help="the exported bundle to serve")
     served.add_argument(
-        "--requests", type=positive_int, default=3000, help="timed requests per concurrency"
+        "--requests",
+        type=positive_int,
+        default=3000,
+        help="timed requests per concurrency (default: 3000)",
     )
     served.add_argument(
         "--concurrency", type=int_list, default=[1, 8, 32], help="clients (default: 1,8,32)"

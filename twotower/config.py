@@ -24,6 +24,23 @@ from .schema import check
 MAX_THREADS = 1024  # far more threads than cores exhaust the process (libgomp aborts it)
 MACHINE_SETTINGS = ("data_dir", "artifacts_dir", "interactions", "items", "download", "num_threads")
 
+# the spellings of each column a data file is searched for, first found first, when
+# no --*-col flag names it
+COLUMN_ALIASES = {
+    "user": ("user", "user_id", "userId", "userid", "UserID"),
+    "item": ("item", "item_id", "itemId", "itemid", "movieId", "movie_id", "MovieID"),
+    "timestamp": ("timestamp", "time", "ts", "Timestamp"),
+    "rating": ("rating", "Rating", "score"),
+    "title": ("title", "movie_title", "name", "Title"),
+    "genres": ("genres", "genre", "class", "Genres"),
+}
+
+
+def spellings(role: str) -> str:
+    """``COLUMN_ALIASES[role]`` for ``--help``: "user, user_id, ... or UserID"."""
+    *most, last = COLUMN_ALIASES[role]
+    return f"{', '.join(most)} or {last}"
+
 
 def opt(default: Any, help: str) -> Any:
     """A config field with its ``--help`` text; the CLI builds its flags from these."""
@@ -43,16 +60,20 @@ class TwoTowerConfig:
     download: bool = opt(True, "fetch MovieLens-100K when it is not in --data-dir")
     interactions: str | None = opt(None, "interactions file (CSV or Parquet) for dataset 'files'")
     items: str | None = opt(None, "item metadata file: item id, title, genres separated by |")
-    user_col: str | None = opt(None, "user column (default: user, user_id, userId)")
-    item_col: str | None = opt(None, "item column (default: item, item_id, itemId, movieId)")
-    time_col: str | None = opt(None, "timestamp column (default: timestamp, time)")
+    user_col: str | None = opt(None, f"user column (default: {spellings('user')})")
+    item_col: str | None = opt(None, f"item column (default: {spellings('item')})")
+    time_col: str | None = opt(None, f"timestamp column (default: {spellings('timestamp')})")
     rating_col: str | None = opt(
         None,
-        "rating column (default: rating, Rating or score if there is one; none: ignore "
+        f"rating column (default: {spellings('rating')} if there is one; none: ignore "
         "any, every interaction is positive)",
     )
-    title_col: str | None = opt(None, "title column of the items file (default: title)")
-    genres_col: str | None = opt(None, "genres column of the items file (default: genres)")
+    title_col: str | None = opt(
+        None, f"title column of the items file (default: {spellings('title')})"
+    )
+    genres_col: str | None = opt(
+        None, f"genres column of the items file (default: {spellings('genres')})"
+    )
     min_rating: float = opt(4.0, "implicit positives are ratings >= this")
     min_user_positives: int = opt(3, "users with fewer positives are dropped (at least 3)")
     max_history_len: int = opt(50, "most recent history items the user tower reads")
@@ -107,7 +128,7 @@ class TwoTowerConfig:
     # --- evaluation and retrieval ------------------------------------------
     k_eval: int = opt(10, "headline K of Recall/MRR/NDCG (10, 20 and 50 are reported too)")
     mask_seen: bool = opt(True, "remove each user's earlier positives from the ranking")
-    retriever: str = opt("exact", "retriever plugin used by recommend")
+    retriever: str = opt("exact", "retriever plugin recommend and serve search with")
     hnsw_m: int = opt(16, "HNSW graph degree M")
     hnsw_ef_construction: int = opt(200, "HNSW candidate list size while building")
     hnsw_ef: int = opt(100, "HNSW candidate list size while searching")

@@ -20,17 +20,10 @@ from typing import IO, Any
 import numpy as np
 import pandas as pd
 
+from ..config import COLUMN_ALIASES
 from ..errors import TwoTowerError
 from .dataset import BadRow, Dataset, as_id, bad_row, first, normalise_interactions
 
-ALIASES = {
-    "user": ("user", "user_id", "userId", "userid", "UserID"),
-    "item": ("item", "item_id", "itemId", "itemid", "movieId", "movie_id", "MovieID"),
-    "timestamp": ("timestamp", "time", "ts", "Timestamp"),
-    "rating": ("rating", "Rating", "score"),
-    "title": ("title", "movie_title", "name", "Title"),
-    "genres": ("genres", "genre", "class", "Genres"),
-}
 NO_RATING = "none"  # --rating-col none: ignore any rating column, every interaction is positive
 
 
@@ -151,12 +144,12 @@ def pick_column(frame: pd.DataFrame, role: str, chosen: str | None, path: Path, 
                 f"{path}: no column {chosen!r} (for {role}); columns are {list(frame.columns)}"
             )
         return chosen
-    for alias in ALIASES[role]:
+    for alias in COLUMN_ALIASES[role]:
         if alias in frame.columns:
             return alias
     if required:
         raise TwoTowerError(
-            f"{path}: missing {role} column (looked for {', '.join(ALIASES[role])}; "
+            f"{path}: missing {role} column (looked for {', '.join(COLUMN_ALIASES[role])}; "
             f"columns are {list(frame.columns)})"
         )
     return None
