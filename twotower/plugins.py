@@ -273,40 +273,26 @@ def option_prefix(name: str) -> str:
     return name.replace("-", "_") + "_"
 
 
-def option_owner(key: str) -> str | None:
-    """The option prefix ``key`` belongs to: the longest of the registered components'
-    (``hnsw_fast_ef`` is ``hnsw-fast``'s when both ``hnsw`` and ``hnsw-fast`` exist)."""
-    names = {name for kind in KINDS for name in registry(kind).names()}
-    owners = [prefix for prefix in map(option_prefix, names) if key.startswith(prefix)]
-    return max(owners, key=len, default=None)
-
-
 def component_options(config: Any, name: str, component: Any = None) -> dict[str, Any]:
-    """Options for component ``name``: ``extra`` keys named ``<name>_*`` that no component
-    of a longer name owns (``option_owner``), and the config fields so named that its
-    ``option_schema`` declares.
+    """Options for component ``name``: the config fields and ``extra`` keys named
+    ``<name>_<option>`` for each option its ``option_schema`` declares (none without one).
 
     ``hnsw_ef=50`` in the config becomes ``ef=50`` for the ``hnsw`` retriever;
-    a plugin retriever ``faiss`` reads ``extra["faiss_nprobe"]`` the same way. A
-    core setting that only shares the prefix (``max_history_len`` for a component
-    named ``max``) is not the component's. ``component`` defaults to the one
-    registered as ``name``.
+    a plugin retriever ``faiss`` reads ``extra["faiss_nprobe"]`` the same way.
+    Only declared options are taken, so neither a core setting that shares the
+    prefix (``max_history_len`` for a component named ``max``) nor the option
+    of a component with a longer name (``hnsw_fast_ef`` of ``hnsw-fast``) is
+    the component's; validation refuses the keys no component declares.
+    ``component`` defaults to the one registered as ``name``.
     """
     prefix = option_prefix(name)
     if component is None:
         found = [registry(kind).get(name) for kind in KINDS if name in registry(kind)]
         component = found[0] if found else None
     schema = capability(component, "option_schema")
-    declared = (
-        {f.name for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else set()
-    )
-    options = {
-        key[len(prefix) :]: value
-        for key, value in vars(config).items()
-        if key != "extra" and key.startswith(prefix) and key[len(prefix) :] in declared
-    }
-    extra = getattr(config, "extra", {}) or {}
-    options.update(
-        {k[len(prefix) :]: v for k, v in extra.items() if option_owner(str(k)) == prefix}
-    )
-    return options
+    if not dataclasses.is_dataclass(schema):
+        return {}
+    named = {key: value for key, value in vars(config).items() if key != "extra"}
+    named.update(getattr(config, "extra", {}) or {})
+    declared = {prefix + f.name: f.name for f in dataclasses.fields(schema)}
+    return {declared[key]: value for key, value in named.items() if key in declared}

@@ -181,6 +181,11 @@ def check_plugin_options(config: TwoTowerConfig) -> None:
     for kind, name, component in components():
         owners.setdefault(plugins.option_prefix(name), []).append((kind, name, component))
 
+    prefixes = sorted(owners, key=len, reverse=True)
+
+    def owner(key: str) -> str | None:
+        return next((prefix for prefix in prefixes if key.startswith(prefix)), None)
+
     def noun(kind: str, name: str) -> str:
         return f"{plugins.KINDS[kind][1]} {name!r}"
 
@@ -194,7 +199,7 @@ def check_plugin_options(config: TwoTowerConfig) -> None:
                 else f"use --{key.replace('_', '-')} or the TOML key {key} where a command has it"
             )
             raise TwoTowerError(f"--set {key}: {key} is a run setting of its own; {where}")
-        prefix = plugins.option_owner(key)
+        prefix = owner(key)
         if prefix is None:
             raise TwoTowerError(
                 f"unknown plugin option {key!r}: a plugin option starts with the name of the "
@@ -217,9 +222,14 @@ def check_plugin_options(config: TwoTowerConfig) -> None:
         (kind, name, component), *others = claimants
         schema = capability(component, "option_schema")
         if not others and dataclasses.is_dataclass(schema):
+            given = {  # every key it owns, declared or not: an unknown one is refused
+                key[len(prefix) :]: value
+                for key, value in config.extra.items()
+                if owner(key) == prefix
+            }
             check(
                 schema,
-                plugins.component_options(config, name, component),
+                {**plugins.component_options(config, name, component), **given},
                 spell=lambda field, prefix=prefix: prefix + field,
                 owner=noun(kind, name),
             )
