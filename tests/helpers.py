@@ -128,3 +128,12 @@ class Spare(MeanEncoder):
     def __init__(self, config, item_embedding, num_users):
         super().__init__(config, item_embedding, num_users)
         self.spare = nn.Parameter(torch.zeros(3))
+
+
+def flip_a_byte(folder: Path) -> str:
+    """Damage a bundle's user tower in place; return the error loading it must give."""
+    path = folder / "user_tower.onnx"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return f"bundle file {path} is corrupted (sha256 does not match manifest)"

@@ -30,7 +30,7 @@ from urllib.parse import quote
 import httpx
 import pandas as pd
 import pytest
-from helpers import error_line, run
+from helpers import error_line, flip_a_byte, run
 from starlette.requests import Request
 
 from twotower import artifacts
@@ -147,13 +147,6 @@ def replace_folder(folder: Path, source: Path) -> None:
     folder.rename(folder.with_name(folder.name + ".old"))
     incoming.rename(folder)
     shutil.rmtree(folder.with_name(folder.name + ".old"))
-
-
-def flip_a_byte(folder: Path) -> None:
-    path = folder / "user_tower.onnx"
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
 
 
 def version_of(folder: Path) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import run, run_script
+from helpers import flip_a_byte, run, run_script
 
 from twotower import TwoTowerConfig, artifacts
 from twotower.api import load
@@ -406,14 +406,6 @@ def remove_index(folder: Path) -> str:
 def remove_manifest(folder: Path) -> str:
     (folder / artifacts.MANIFEST).unlink()
     return f"{folder / artifacts.MANIFEST} is missing: {folder} is not a complete bundle folder"
-
-
-def flip_a_byte(folder: Path) -> str:
-    path = folder / "user_tower.onnx"
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
-    return f"bundle file {path} is corrupted (sha256 does not match manifest)"
 
 
 def future_version(folder: Path) -> str:
