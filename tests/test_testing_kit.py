@@ -170,6 +170,10 @@ def test_check_loss_passes_a_loss_that_trains_its_own_parameter():
     testing.check_loss(LearnedScale)
 
 
+def test_check_loss_takes_a_factory_of_any_name():
+    testing.check_loss(lambda config, item_counts: InBatchSoftmax(config, item_counts))
+
+
 def test_check_loss_catches_a_loss_parameter_that_never_learns():
     with pytest.raises(AssertionError, match=r"no gradient reaches \['loss_fn\.scale'\]"):
         testing.check_loss(UnusedScale)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import subprocess
 import sys
 import tempfile
@@ -123,7 +124,8 @@ def registered(kind: str, component: Any) -> Iterator[str]:
         if registry.get(name) is component:
             yield name
             return
-    name = f"checked-{getattr(component, '__name__', 'component')}"
+    spelled = re.sub(r"[^A-Za-z0-9_-]", "_", getattr(component, "__name__", "component"))
+    name = f"checked-{spelled}"  # a name the registry takes (a lambda is "<lambda>")
     hook_name = plugins.KINDS[kind][0]
     plugin = types.SimpleNamespace(
         **{hook_name: hookimpl(lambda register: register(name, component))}
@@ -233,10 +235,11 @@ def check_user_encoder(encoder: str | type, **config_changes: Any) -> None:
         for format_name in built_in("formats"):  # a format plugin has check_format
             exporter = plugins.formats().get(format_name)()
             exported = f"{what} exported to {format_name}"
-            with tempfile.TemporaryDirectory() as folder, asserted(exported):
-                exporter.export(model, Path(folder))
-                towers = exporter.load(Path(folder))
-            assert_towers_match(exported, model, towers, False)
+            with tempfile.TemporaryDirectory() as folder:
+                with asserted(exported):
+                    exporter.export(model, Path(folder))
+                    towers = exporter.load(Path(folder))
+                assert_towers_match(exported, model, towers, False)
 
 
 def first_step_loss(training, seed: int) -> torch.Tensor:
@@ -366,8 +369,8 @@ def check_loss(loss: str | Callable, **config_changes: Any) -> None:
             f"{what}: {matched:.4f} for users aligned with their targets, "
             f"not lower than {shuffled:.4f} for shuffled ones"
         )
-    with registered("losses", loss) as name:
-        check_every_parameter_learns(what, tiny_config(loss=name, **config_changes))
+        with registered("losses", loss) as name, asserted(what):
+            check_every_parameter_learns(what, tiny_config(loss=name, **config_changes))
 
 
 # --- retrievers ----------------------------------------------------------------------
