@@ -423,6 +423,42 @@ def test_a_component_without_its_contract_s_methods_is_refused_before_any_data_i
     assert not data.exists()
 
 
+@dataclasses.dataclass
+class LongXOptions:
+    long_x: int = option(1, at_least(1))
+
+
+@dataclasses.dataclass
+class XOptions:
+    x: int = option(1, at_least(1))
+
+
+class ShortRetriever(ExactRetriever):
+    option_schema = LongXOptions
+
+
+class ShortLongRetriever(ExactRetriever):
+    option_schema = XOptions
+
+
+def test_an_option_two_components_spell_alike_is_refused(runtime_plugin):
+    """short's option long_x and short-long's option x are both --set short_long_x."""
+    runtime_plugin(
+        "alike",
+        "register_retrievers",
+        lambda register: (
+            register("short", ShortRetriever),
+            register("short-long", ShortLongRetriever),
+        ),
+    )
+    with pytest.raises(TwoTowerError) as refused:
+        validate(testing.tiny_config(extra={"short_long_x": 3}))
+    assert str(refused.value) == (
+        "--set short_long_x: an option of retriever 'short-long' and option long_x of "
+        "retriever 'short' are spelled alike, so the key could be either's; rename one of them"
+    )
+
+
 def test_a_plugin_that_exits_on_import_is_reported_and_the_rest_works(site, capsys):
     """sys.exit in a plugin module must not end every command in silence."""
     site.install("twotower-exits", "0.1.0", {"tt_exiting_plugin": "import sys\nsys.exit(0)\n"})

@@ -286,13 +286,17 @@ def component_options(config: Any, name: str, component: Any = None) -> dict[str
     ``component`` defaults to the one registered as ``name``.
     """
     prefix = option_prefix(name)
-    if component is None:
-        found = [registry(kind).get(name) for kind in KINDS if name in registry(kind)]
-        component = found[0] if found else None
-    schema = capability(component, "option_schema")
-    if not dataclasses.is_dataclass(schema):
-        return {}
+    if component is None:  # the kinds whose built-ins need no torch are looked in first
+        kinds = sorted(KINDS, key=lambda kind: kind in ("user_encoders", "losses"))
+        found = (registry(kind).get(name) for kind in kinds if name in registry(kind))
+        component = next(found, None)
     named = {key: value for key, value in vars(config).items() if key != "extra"}
     named.update(getattr(config, "extra", {}) or {})
-    declared = {prefix + f.name: f.name for f in dataclasses.fields(schema)}
+    declared = {prefix + option: option for option in declared_options(component)}
     return {declared[key]: value for key, value in named.items() if key in declared}
+
+
+def declared_options(component: Any) -> list[str]:
+    """The options ``component``'s ``option_schema`` declares (none without one)."""
+    schema = capability(component, "option_schema")
+    return [f.name for f in dataclasses.fields(schema)] if dataclasses.is_dataclass(schema) else []

@@ -218,6 +218,14 @@ def check_plugin_options(config: TwoTowerConfig) -> None:
                 f"--set {key}: {noun(kind, name)} takes no options "
                 "(a component lists the ones it reads in its option_schema)"
             )
+        for shorter in (p for p in prefixes if len(p) < len(prefix) and key.startswith(p)):
+            for other_kind, other, candidate in owners[shorter]:
+                if key[len(shorter) :] in plugins.declared_options(candidate):
+                    raise TwoTowerError(
+                        f"--set {key}: an option of {noun(kind, name)} and option "
+                        f"{key[len(shorter) :]} of {noun(other_kind, other)} are spelled "
+                        "alike, so the key could be either's; rename one of them"
+                    )
     for prefix, claimants in owners.items():
         (kind, name, component), *others = claimants
         schema = capability(component, "option_schema")
