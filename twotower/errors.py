@@ -7,7 +7,7 @@ line and exits non-zero; anything else is a bug and keeps its traceback.
 """
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 
 class TwoTowerError(Exception):
@@ -21,13 +21,18 @@ def reason(exc: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def refused_as(message: str) -> Iterator[None]:
+def refused_as(
+    message: str, passes: Callable[[BaseException], bool] | None = None
+) -> Iterator[None]:
     """Run third-party code that fails on a user's bad file: any exception but a
-    ``TwoTowerError`` becomes one, ``message`` followed by the cause's own words."""
+    ``TwoTowerError`` becomes one, ``message`` followed by the cause's own words.
+    An exception ``passes`` accepts goes on as it is, to a caller that words it."""
     try:
         yield
     except TwoTowerError:
         raise
     except (Exception, SystemExit) as exc:  # loaders (onnxruntime, hnswlib, plugins) raise
+        if passes is not None and passes(exc):
+            raise
         # their own types; a plugin's sys.exit must not end the command in silence
         raise TwoTowerError(f"{message} ({reason(exc)})") from None

@@ -204,7 +204,9 @@ class TrainStep(nn.Module):
             shards,
         )
         item_vecs = model.encode_items(targets)
-        with refused_as(f"loss {self.loss_name!r} failed in a training step"):
+        # a collective that failed because a peer stopped is worded by distributed.session
+        failed = f"loss {self.loss_name!r} failed in a training step"
+        with refused_as(failed, passes=distributed.lost_peer):
             loss = self.loss_fn(user_vecs, item_vecs, model.temperature, batch)
         loss = check_loss_value(loss, f"loss {self.loss_name!r}")
         return loss if shards is None else loss * shards.share
@@ -257,7 +259,7 @@ def refuse_unused_parameters(model: nn.Module) -> None:
         raise TwoTowerError(
             "under torchrun every parameter must take part in every step, but "
             f"{', '.join(unused)} got no gradient; train in one process, or use every "
-            "parameter the encoder owns"
+            "parameter the encoder (or the loss) owns"
         )
 
 
