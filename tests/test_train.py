@@ -266,3 +266,18 @@ def test_a_plugin_failing_in_training_is_one_line_naming_it(
         code, _, err = run(capsys, *argv)
     assert error_line(code, err).startswith(f"error: {said.format(name)}")
     assert not (tmp_path / "out").exists()
+
+
+class PeerGone(FailingLoss):
+    def __call__(self, user_vecs, item_vecs, temperature, batch):
+        raise RuntimeError("[gloo/transport/tcp/pair.cc:534] Connection closed by peer")
+
+
+def test_a_collective_failing_in_the_loss_is_left_to_the_distributed_session(tmp_path):
+    """distributed.session words a lost peer ("another rank has most likely stopped"):
+    the loss's own wrapping must not claim the failure as the loss's."""
+    with testing.registered("losses", PeerGone) as name:
+        config = tiny_config(tmp_path, loss=name)
+        training = start_training(config, prepare(config))
+        with pytest.raises(RuntimeError, match="Connection closed by peer"):
+            train_epoch(training, config, 1, torch.Generator().manual_seed(0))
