@@ -363,13 +363,13 @@ def test_a_name_two_kinds_share_takes_no_options(runtime_plugin):
         validate(testing.tiny_config(extra={"hnsw_seed": 3}))
 
 
-@dataclasses.dataclass
-class DepthOptions:
-    depth: int = option(2, at_least(1))
+def retriever_taking(name: str) -> type:
+    """Exact search with an option schema declaring one integer option, ``name``."""
+    schema = dataclasses.make_dataclass(f"{name}_options", [(name, int, option(2, at_least(1)))])
+    return type(f"Taking_{name}", (ExactRetriever,), {"option_schema": schema})
 
 
-class MaxRetriever(ExactRetriever):
-    option_schema = DepthOptions
+MaxRetriever = retriever_taking("depth")
 
 
 def test_a_core_setting_sharing_a_component_s_prefix_is_not_its_option(runtime_plugin):
@@ -423,32 +423,14 @@ def test_a_component_without_its_contract_s_methods_is_refused_before_any_data_i
     assert not data.exists()
 
 
-@dataclasses.dataclass
-class LongXOptions:
-    long_x: int = option(1, at_least(1))
-
-
-@dataclasses.dataclass
-class XOptions:
-    x: int = option(1, at_least(1))
-
-
-class ShortRetriever(ExactRetriever):
-    option_schema = LongXOptions
-
-
-class ShortLongRetriever(ExactRetriever):
-    option_schema = XOptions
-
-
 def test_an_option_two_components_spell_alike_is_refused(runtime_plugin):
     """short's option long_x and short-long's option x are both --set short_long_x."""
     runtime_plugin(
         "alike",
         "register_retrievers",
         lambda register: (
-            register("short", ShortRetriever),
-            register("short-long", ShortLongRetriever),
+            register("short", retriever_taking("long_x")),
+            register("short-long", retriever_taking("x")),
         ),
     )
     with pytest.raises(TwoTowerError) as refused:
