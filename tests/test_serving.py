@@ -317,6 +317,10 @@ def test_arguments_of_another_type_are_refused_in_one_line(recommender, users, b
     calls = [
         (lambda: recommender.recommend_history({item}), "item_ids must be a list of ids, not set"),
         (lambda: recommender.recommend_batch({users[0]: 1}), "user_ids must be a list of ids"),
+        (lambda: recommender.recommend([users[0]]), "user_id must be an id (a string or an"),
+        (lambda: recommender.recommend(True), "user_id must be an id (a string or an integer)"),
+        (lambda: recommender.recommend_batch([users[0], None]), "user_ids[1] must be an id"),
+        (lambda: recommender.recommend_history([item, 1.0]), "item_ids[1] must be an id"),
         (lambda: recommender.recommend(users[0], retriever=["hnsw"]), "retriever must be a"),
         (lambda: recommender.recommend(users[0], retriever=""), "retriever must be a"),
         (lambda: load_bundle(bundle_dir, retriever=0), "retriever must be a retriever's name"),

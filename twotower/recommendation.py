@@ -177,7 +177,7 @@ class Recommender:
         self, user_id: Any, k: int = 10, exclude_seen: bool = True, retriever: str | None = None
     ) -> list[Recommendation]:
         """Top-``k`` items for a known user, conditioned on the user's whole history."""
-        return self.recommend_batch([user_id], k, exclude_seen, retriever)[0]
+        return self.recommend_batch([raw_id(user_id, "user_id")], k, exclude_seen, retriever)[0]
 
     def recommend_batch(
         self,
@@ -607,10 +607,24 @@ def id_list(ids: Any, what: str) -> list[str]:
     if isinstance(ids, str | bytes | AbstractSet | Mapping) or not isinstance(ids, Iterable):
         flat = False
     if not flat:
-        shown = " ".join(repr(ids).split())  # one line, whatever the object's repr
-        shown = shown if len(shown) <= 80 else f"{shown[:80]}..."
-        raise TwoTowerError(f"{what} must be a list of ids, not {type(ids).__name__} {shown}")
-    return [str(i) for i in ids]
+        raise TwoTowerError(f"{what} must be a list of ids, not {shown(ids)}")
+    return [raw_id(i, f"{what}[{n}]") for n, i in enumerate(ids)]
+
+
+def raw_id(value: Any, what: str) -> str:
+    """A raw id as the data spells it: a string, or an integer (``1`` for "1"). Anything
+    else (a list, ``True``, ``None``, ``1.0``) would be looked up by its repr: refused."""
+    if isinstance(value, str) or (
+        isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    ):
+        return str(value)
+    raise TwoTowerError(f"{what} must be an id (a string or an integer), not {shown(value)}")
+
+
+def shown(value: Any) -> str:
+    """``value``'s type and repr on one line, cut at 80 characters, for an error."""
+    text = " ".join(repr(value).split())  # one line, whatever the object's repr
+    return f"{type(value).__name__} {text if len(text) <= 80 else text[:80] + '...'}"
 
 
 def require_finite(vectors: np.ndarray) -> np.ndarray:
