@@ -38,8 +38,9 @@ def registering(hook: str, components: Mapping[str, Any], plugin: str) -> Iterat
         plugins.remove_plugin(plugin)
 
 
-def write_interactions(path: Path, users: int = 30, items: int = 12) -> Path:
-    """Each user rates 8 of the items, one of them below the positive threshold."""
+def write_interactions(path: Path, users: int = 30, items: int = 24) -> Path:
+    """Each user rates 8 of the items, one of them below the positive threshold. With 24
+    items a test query ranks 17 unseen ones, so the default k_eval 10 is a real cut-off."""
     lines = ["user,item,rating,timestamp"]
     for user in range(1, users + 1):
         for step in range(8):

@@ -343,11 +343,17 @@ def test_evaluate_refuses_data_other_than_the_fit_s(capsys, tmp_path, folders):
     assert f"is not the data {artifacts_dir} was fitted on (fingerprint " in line
 
 
+def write_ratings(path: Path) -> Path:
+    """24 users, each with 6 of 23 items and no ratings column."""
+    rows = [f"{u},{(u * 3 + s) % 23 + 1},{100 * u + s}" for u in range(1, 25) for s in range(6)]
+    path.write_text("user,item,timestamp\n" + "\n".join(rows) + "\n")
+    return path
+
+
 def test_evaluate_finds_data_a_fit_was_given_by_a_relative_path(capsys, tmp_path, monkeypatch):
     (tmp_path / "work").mkdir()
     monkeypatch.chdir(tmp_path / "work")
-    rows = [f"{u},{(u * 3 + s) % 11 + 1},{100 * u + s}" for u in range(1, 25) for s in range(6)]
-    Path("ratings.csv").write_text("user,item,timestamp\n" + "\n".join(rows) + "\n")
+    write_ratings(Path("ratings.csv"))
     argv = ["fit", "--interactions", "ratings.csv", "--artifacts-dir", "fitted", "--epochs", "1"]
     assert run(capsys, *argv, "--no-progress", "--json")[0] == 0
     monkeypatch.chdir(tmp_path)
@@ -357,9 +363,7 @@ def test_evaluate_finds_data_a_fit_was_given_by_a_relative_path(capsys, tmp_path
 
 
 def test_evaluate_can_be_pointed_at_moved_data(capsys, tmp_path):
-    ratings = tmp_path / "ratings.csv"
-    rows = [f"{u},{(u * 3 + s) % 11 + 1},{100 * u + s}" for u in range(1, 25) for s in range(6)]
-    ratings.write_text("user,item,timestamp\n" + "\n".join(rows) + "\n")
+    ratings = write_ratings(tmp_path / "ratings.csv")
     fitted = tmp_path / "fitted"
     argv = ["fit", "--interactions", ratings, "--artifacts-dir", fitted, "--epochs", "1"]
     assert run(capsys, *argv, "--no-progress", "--json")[0] == 0

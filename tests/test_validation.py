@@ -199,6 +199,31 @@ def test_a_k_eval_that_reaches_the_whole_catalog_is_refused(capsys, tmp_path):
     assert line.startswith("error: k_eval (40) must be below the number of items (40)")
 
 
+def write_seen_heavy(path) -> None:
+    """Three users over 6 items: a and b have seen 5 items before their test item, c 3."""
+    rows = ["user,item,rating,timestamp"]
+    for user, items in (("a", "123456"), ("b", "654321"), ("c", "1234")):
+        rows += [f"{user},{item},5,{time}" for time, item in enumerate(items)]
+    path.write_text("\n".join(rows) + "\n")
+
+
+def test_a_k_eval_that_reaches_every_unseen_item_is_refused(capsys, tmp_path):
+    """With seen items masked, user c's test query ranks 6 - 3 = 3 items, a's and b's 1:
+    at K = 3 every target is a hit although K is below the catalog of 6."""
+    write_seen_heavy(tmp_path / "seen.csv")
+    argv = ["fit", "--interactions", tmp_path / "seen.csv", "--artifacts-dir", tmp_path / "a"]
+    line = refused(capsys, tmp_path, *argv, "--k-eval", "3")
+    assert line == (
+        "error: k_eval (3) must be below 3, the most items a test query ranks (the 6 items "
+        "less the user's earlier ones), or every target counts as a hit"
+    )
+    code, _, err = run(capsys, *argv, "--k-eval", "2", "--epochs", "1", "--json")
+    assert code == 0, err
+    assert "the metrics @2 (2) rank every item some of the 3 users have not seen" in " ".join(
+        err.split()
+    )
+
+
 @pytest.mark.parametrize("flag", ["--repeats", "--threads", "--queries", "--sizes"])
 def test_bench_counts_must_be_positive(capsys, flag):
     with pytest.raises(SystemExit) as exit_info:

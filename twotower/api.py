@@ -87,21 +87,52 @@ def prepare(config: TwoTowerConfig) -> Split:
     return split
 
 
-def check_k_eval(k_eval: int, num_items: int) -> None:
-    """A K that reaches the whole catalog makes every target a hit: Recall@K would be 1.
-    The headline K is refused; the protocol's other Ks (reported whatever the catalog)
-    are named in a note."""
+def check_k_eval(config: TwoTowerConfig, split: Split) -> None:
+    """A K that reaches every item a test query ranks makes every target a hit: Recall@K
+    would be 1. That is the whole catalog, less the user's earlier items when they are
+    masked. The headline K is refused; the protocol's other Ks (reported whatever the
+    catalog) are named in a note."""
+    k_eval, num_items = config.k_eval, split.num_items
     if k_eval >= num_items:
         raise TwoTowerError(
             f"k_eval ({k_eval}) must be below the number of items ({num_items}), "
             "or every target counts as a hit"
         )
+    ranked = ranked_items(split, "test", config.mask_seen)
+    if k_eval >= ranked.max():
+        raise TwoTowerError(
+            f"k_eval ({k_eval}) must be below {ranked.max()}, the most items a test query "
+            f"ranks (the {num_items} items less the user's earlier ones), or every target "
+            "counts as a hit"
+        )
+    if not distributed.is_main_process():
+        return
     whole = [f"@{k}" for k in metric_ks(k_eval) if k >= num_items]
-    if whole and distributed.is_main_process():
+    if whole:
         note(
             f"the metrics {', '.join(whole)} rank the whole catalog of {num_items} items: "
             "every target counts as a hit there"
         )
+    reach = [f"@{k} ({int((ranked <= k).sum())})" for k in metric_ks(k_eval) if k < num_items]
+    reach = [entry for entry in reach if not entry.endswith("(0)")]
+    if reach:
+        note(
+            f"the metrics {', '.join(reach)} rank every item some of the {len(ranked)} users "
+            "have not seen (as many users in brackets): their targets count as hits there"
+        )
+
+
+def ranked_items(split: Split, stage: str, mask_seen: bool) -> np.ndarray:
+    """How many items each user's query of ``stage`` is ranked among: the catalog, less
+    the user's earlier items when they are masked (PROTOCOL.md)."""
+    if not mask_seen:
+        return np.full(split.num_users, split.num_items)
+    users = np.arange(1, split.num_users + 1)
+    before = split.earlier_items.position(users, split.targets(stage))
+    earlier = [
+        len(np.unique(items[:count])) for items, count in zip(split.sequences, before, strict=True)
+    ]
+    return split.num_items - np.array(earlier, dtype=np.int64)
 
 
 def input_files(config: TwoTowerConfig) -> list[Path]:
@@ -148,7 +179,7 @@ def fit(config: TwoTowerConfig, progress: bool = True) -> FitResult:
             "the data rank(s) {ranks} read differ from rank 0's: every machine must "
             "read the same files",
         )
-        check_k_eval(config.k_eval, split.num_items)
+        check_k_eval(config, split)
         shown = progress and context.is_main
         with TrainingProgress(config.epochs, f"recall@{config.k_eval}", enabled=shown) as bar:
             result = train(config, split, bar.epoch_done, bar.step, context)
@@ -323,7 +354,7 @@ def evaluate(
             f"fitted on (fingerprint {split.fingerprint[:12]}, fitted on "
             f"{recommender.manifest['data_sha256'][:12]}); point evaluate at that data"
         )
-    check_k_eval(config.k_eval, split.num_items)
+    check_k_eval(config, split)
     metrics = {
         "model": evaluate_model(recommender.towers.model, split, "test", config),
         "popularity": evaluate_popularity(split, "test", config),
