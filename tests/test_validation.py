@@ -94,6 +94,15 @@ def test_a_bad_toml_value_names_the_file_and_the_setting(capsys, tmp_path, toml,
     assert fails(capsys, tmp_path, "--config", str(path)) == f"error: {path}: {message}"
 
 
+def test_a_bad_flag_is_named_alone_with_or_without_a_toml(capsys, tmp_path):
+    """The flag's value is at fault, not a file (there was a stray "flags: " prefix)."""
+    expected = "error: min_rating must be a finite number, not nan"
+    assert fails(capsys, tmp_path, "--min-rating", "nan") == expected
+    path = tmp_path / "run.toml"
+    path.write_text("epochs = 3\n")
+    assert fails(capsys, tmp_path, "--config", str(path), "--min-rating", "nan") == expected
+
+
 @pytest.mark.parametrize(
     ("toml", "message"),
     [

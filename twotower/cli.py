@@ -160,7 +160,9 @@ def resolve_config(args: argparse.Namespace) -> TwoTowerConfig:
     values = given_settings(args)
     if "dataset" not in values and (dataset := default_dataset(values)):
         values["dataset"] = dataset
-    config = TwoTowerConfig.from_dict(values, source=str(args.config or "flags"))
+    # a --config file was checked as it was read, naming it: what fails here is a flag's
+    # value, named by its setting alone as validate() names a bad combination
+    config = TwoTowerConfig.from_dict(values, source=None)
     if not getattr(args, "config", None):
         return validate(config)
     try:

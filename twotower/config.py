@@ -157,9 +157,10 @@ class TwoTowerConfig:
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode("utf-8")).hexdigest()
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any], source: str = "config") -> TwoTowerConfig:
-        """Settings from ``source`` (a TOML file, a saved config.json), type-checked."""
-        return cls(**check(cls, values, where=f"{source}: "))
+    def from_dict(cls, values: dict[str, Any], source: str | None = "config") -> TwoTowerConfig:
+        """Settings from ``source`` (a TOML file, a saved config.json), type-checked; an
+        error names the source, unless it is ``None``."""
+        return cls(**check(cls, values, where=f"{source}: " if source else ""))
 
     @classmethod
     def from_toml(cls, path: str | Path) -> TwoTowerConfig:
