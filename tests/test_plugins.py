@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import os
 import re
+import subprocess
 import sys
 import types
 from collections.abc import Callable, Iterator
@@ -152,6 +154,9 @@ def test_a_plugin_that_fails_to_import_is_reported_and_the_rest_works(site, caps
     assert set(shown) == {"tt_broken_plugin", "tt_good_plugin"}  # built-ins need --all
     assert "boom" in shown["tt_broken_plugin"]["error"]
     assert shown["tt_broken_plugin"]["distribution"] == "twotower-broken"
+    assert plugins_json(capsys)["problems"] == [
+        "plugin 'tt_broken_plugin' failed: RuntimeError: boom: this plugin cannot be imported"
+    ]
     assert main(["plugins"]) == 0
     table = capsys.readouterr().out
     assert "tt_broken_plugin" in table and "failed: RuntimeError" in table
@@ -439,6 +444,19 @@ def test_an_option_two_components_spell_alike_is_refused(runtime_plugin):
         "--set short_long_x: an option of retriever 'short-long' and option long_x of "
         "retriever 'short' are spelled alike, so the key could be either's; rename one of them"
     )
+
+
+def test_the_command_line_warns_of_a_broken_plugin_in_one_line(site, tmp_path):
+    """Not Python's two lines (a source path, then the line that warned)."""
+    site.install("twotower-broken", "1.2.3", {"tt_broken_plugin": BROKEN})
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "TWOTOWER_PLUGINS": "tt_broken_plugin"}
+    command = [sys.executable, "-m", "twotower", "plugins", "--json"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [
+        "warning: twotower plugin 'tt_broken_plugin' failed: RuntimeError: boom: this plugin "
+        "cannot be imported"
+    ]
 
 
 def test_a_plugin_that_exits_on_import_is_reported_and_the_rest_works(site, capsys):

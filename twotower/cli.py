@@ -22,6 +22,7 @@ import sys
 import threading
 import types
 import typing
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -33,7 +34,7 @@ from rich.table import Table
 
 from . import __version__, plugins, progress
 from .config import TwoTowerConfig, read_toml
-from .errors import TwoTowerError
+from .errors import TwoTowerError, TwoTowerWarning
 from .progress import output_console
 from .validation import REGISTRY_OF, check_settings, default_dataset, validate
 
@@ -611,7 +612,9 @@ def cmd_plugins(args: argparse.Namespace) -> None:
     infos, problems = plugins.plugin_table()
     shown = [info for info in infos if args.all or not info.builtin]
     if args.json:
-        print_json({"plugins": [dataclasses.asdict(info) for info in shown], "problems": problems})
+        failed = [f"plugin {info.name!r} failed: {info.error}" for info in infos if info.error]
+        listed = [dataclasses.asdict(info) for info in shown]
+        print_json({"plugins": listed, "problems": failed + problems})
         return
     table = Table(title="twotower plugins")
     table.add_column("plugin (package version)", no_wrap=True)
@@ -936,6 +939,25 @@ def stopping_signals() -> Iterator[None]:
             signal.signal(signum, signal.SIG_DFL if handler is None else handler)
 
 
+@contextlib.contextmanager
+def one_line_warnings() -> Iterator[None]:
+    """During the block a ``TwoTowerWarning`` prints as ``warning: ...``, one line like
+    ``error:``; other warnings keep Python's format, with their source. Formatting, not
+    showing, is replaced: a test's ``pytest.warns`` still records them."""
+    python_format = warnings.formatwarning
+
+    def format_warning(message, category, filename, lineno, line=None) -> str:
+        if issubclass(category, TwoTowerWarning):
+            return f"warning: {' '.join(str(message).split())}\n"
+        return python_format(message, category, filename, lineno, line)
+
+    warnings.formatwarning = format_warning
+    try:
+        yield
+    finally:
+        warnings.formatwarning = python_format
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     log = logging.getLogger("twotower")
     if not log.handlers:
@@ -944,7 +966,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.propagate = False
     try:
         argv = sys.argv[1:] if argv is None else argv
-        with stopping_signals():
+        with one_line_warnings(), stopping_signals():
             args, unknown = build_parser(argv).parse_known_args(argv)
             if unknown:
                 refuse_unknown(args.parser, unknown)

@@ -14,6 +14,11 @@ class TwoTowerError(Exception):
     """A problem with the user's input, data or artifacts, explained in one line."""
 
 
+class TwoTowerWarning(UserWarning):
+    """A problem the command goes on past (a broken plugin, an index left out), told in
+    one line: the CLI prints it as ``warning: ...``, without Python's source line."""
+
+
 def reason(exc: BaseException) -> str:
     """A third-party exception's message on one line, for a ``TwoTowerError`` that cites it."""
     text = " ".join(str(exc).split())

@@ -25,7 +25,7 @@ import pluggy
 
 from . import hookspecs
 from .contracts import capability
-from .errors import TwoTowerError
+from .errors import TwoTowerError, TwoTowerWarning
 
 DEFAULT_PLUGINS = (
     "twotower.builtins.user_encoders",
@@ -144,7 +144,7 @@ def _report_failure(plugins: dict[str, PluginInfo], plugin: str, error: str) -> 
     """Record a broken plugin (shown by `twotower plugins`) and warn; never raise."""
     info = plugins.setdefault(plugin, PluginInfo(plugin, "?", builtin=False))
     info.error = error
-    warnings.warn(f"twotower plugin {plugin!r} failed: {error}", stacklevel=3)
+    warnings.warn(f"twotower plugin {plugin!r} failed: {error}", TwoTowerWarning, stacklevel=3)
 
 
 def add_plugin(plugin: Any, name: str) -> None:

@@ -26,7 +26,7 @@ from . import plugins
 from .config import MAX_THREADS, TwoTowerConfig
 from .contracts import Retriever, Towers, capability
 from .data.padding import pad_left
-from .errors import TwoTowerError, refused_as
+from .errors import TwoTowerError, TwoTowerWarning, refused_as
 
 BATCH = 256  # histories encoded in one call of the user tower
 
@@ -491,7 +491,9 @@ def prebuilt_indexes(item_vectors: np.ndarray, config: TwoTowerConfig) -> dict[s
             except TwoTowerError as problem:
                 if name == config.retriever:
                     raise
-                warnings.warn(f"{problem}; the folder is written without it", stacklevel=2)
+                warnings.warn(
+                    f"{problem}; the folder is written without it", TwoTowerWarning, stacklevel=2
+                )
     return indexes
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from .. import artifacts as files
 from .. import plugins
 from ..contracts import Calibration, capability, scheme_names
-from ..errors import TwoTowerError, refused_as
+from ..errors import TwoTowerError, TwoTowerWarning, refused_as
 from ..recommendation import (
     CheckedTowers,
     Recommender,
@@ -47,6 +47,7 @@ def offered_quantizations() -> dict[str, tuple[str, ...]]:
             warnings.warn(
                 f"format {name!r}: quantizations must be a list of scheme names, not "
                 f"{schemes!r}; it offers none",
+                TwoTowerWarning,
                 stacklevel=2,
             )
             schemes = ()
