@@ -372,6 +372,35 @@ def test_torchscript_loads_with_plain_torch(workspace, tmp_path):
         np.testing.assert_allclose(answer["results"][folder]["items"], items, atol=1e-6)
 
 
+WITHOUT_ONNXRUNTIME = """
+import contextlib, io, json, sys
+sys.modules["onnxruntime"] = None  # as where it is not installed: importing it fails
+from twotower.cli import main
+request, answers = json.load(sys.stdin), []
+for format, out in request["exports"]:
+    said = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(said):
+        code = main(["export", "--artifacts-dir", request["artifacts"], "--out", out,
+                     "--format", format, "--json"])
+    answers.append([code, said.getvalue()])
+print(json.dumps(answers))
+"""
+
+
+def test_a_machine_without_onnxruntime_keeps_the_other_formats(workspace, tmp_path, capfd):
+    exports = [["torchscript", str(tmp_path / "scripted")], ["onnx", str(tmp_path / "graphs")]]
+    request = {"artifacts": str(workspace.artifacts("mean")), "exports": exports}
+    (scripted, warned), (failed, refused) = run_script(WITHOUT_ONNXRUNTIME, request, tmp_path)
+    assert (scripted, warned) == (0, "")
+    assert failed == 1
+    assert refused.splitlines() == [
+        "error: format 'onnx' could not load the towers it exported (ModuleNotFoundError: "
+        "import of onnxruntime halted; None in sys.modules)"
+    ]
+    assert load_bundle(tmp_path / "scripted").recommend("1", k=3)
+    assert not (tmp_path / "graphs").exists()
+
+
 @pytest.mark.skipif("torch-export" not in FORMATS, reason="no torch-export format registered")
 def test_a_truncated_graph_is_one_error_line_and_nothing_else(workspace, tmp_path):
     """Nothing the runtime logs while it fails reaches the user: torch.export warned before

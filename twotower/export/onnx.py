@@ -4,21 +4,24 @@ Batch size and history length are dynamic axes; weights are stored inside the
 ``.onnx`` files; the format offers int8 quantization of both graphs, with
 activation scales computed per call (``int8``) or fixed ahead from calibration
 inputs (``int8-static``).
-Importing this module does not import torch: the exporter imports it when
-called, the runtime needs only onnxruntime and numpy.
+Importing this module imports neither torch nor onnxruntime: the exporter
+imports torch when called, the runtime onnxruntime (and numpy) when it opens a
+graph, so a machine without one still registers the other formats.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnxruntime as ort
 
 from ..contracts import Calibration
 from ..errors import refused_as
 from .quiet import quiet_exporter
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 OPSET = 23
 USER_FILE = "user_tower.onnx"
@@ -55,6 +58,8 @@ class OnnxTowers:
 
 
 def session_options(threads: int) -> ort.SessionOptions:
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -77,6 +82,8 @@ def item_feed(item_ids) -> dict[str, np.ndarray]:
 
 def open_session(path: Path, options: ort.SessionOptions) -> ort.InferenceSession:
     """An onnxruntime session on ``path``; a graph it cannot read is one clear error."""
+    import onnxruntime as ort
+
     with refused_as(f"bundle graph {path} cannot be loaded"):
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
