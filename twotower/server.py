@@ -54,6 +54,7 @@ from prometheus_client import (
     multiprocess,
 )
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr, ValidationError
+from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Match
 from uvicorn.supervisors import Multiprocess
@@ -344,7 +345,7 @@ class Guard:
 def route_path(routes: Sequence[BaseRoute], scope) -> str:
     """The path template of the route ``scope`` asks for (path and method), or ``unmatched``.
 
-    The template as OpenAPI writes it: ``{user_id}``, not ``{user_id:path}``.
+    The template as OpenAPI writes it: ``{user_id}``, not ``{user_id:id}``.
     """
     for route in routes:
         if route.matches(scope)[0] is Match.FULL:
@@ -382,6 +383,17 @@ def replay(body: bytes, receive):
     return again
 
 
+class IdConvertor(PathConvertor):
+    """An id in a path: any text, slashes and line feeds too. Starlette's ``path`` is
+    ``.*``, which stops at a line feed, and Parquet data may hold one (a CSV's is
+    refused). ``{item_id:id}`` in a route; OpenAPI writes it ``{item_id}``."""
+
+    regex = r"[\s\S]*"
+
+
+register_url_convertor("id", IdConvertor())
+
+
 class FastLane:
     """ASGI middleware: answers ``GET /v1/users/{user_id}/recommendations`` itself.
 
@@ -391,8 +403,7 @@ class FastLane:
     stays for /docs, and for the methods this lane leaves alone).
     """
 
-    # as the route's `{user_id:path}`, and an id holding a line feed too
-    PATH = re.compile(r"/v1/users/(.*)/recommendations", re.DOTALL)
+    PATH = re.compile(rf"/v1/users/({IdConvertor.regex})/recommendations")  # the route's
 
     def __init__(self, app, route, respond):
         self.app, self.route, self.respond = app, route, respond
@@ -528,7 +539,7 @@ def create_app(
         return answer({"user_id": user_id, "items": items}, loaded)
 
     @app.get(
-        "/v1/users/{user_id:path}/recommendations",
+        "/v1/users/{user_id:id}/recommendations",
         response_model=UserRecommendations,
         responses=ERRORS,
         summary="top-k items for a known user",
@@ -567,7 +578,7 @@ def create_app(
         return answer({"items": items}, loaded)
 
     @app.get(
-        "/v1/items/{item_id:path}",
+        "/v1/items/{item_id:id}",
         response_model=Item,
         responses={404: ERRORS[404]},
         summary="one item",
