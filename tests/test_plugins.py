@@ -170,7 +170,7 @@ def test_twotower_plugins_variable_limits_which_entry_points_load(site):
     site.install("twotower-good", "0.4.0", {"tt_good_plugin": GOOD})
     site.enable("")
     assert "good-exact" not in plugins.retrievers()
-    site.enable(" tt_good_plugin , other")  # spaces around names are forgiven
+    site.enable(" tt_good_plugin ,")  # spaces around names and an empty name are forgiven
     assert "good-exact" in plugins.retrievers()
 
 
@@ -457,6 +457,22 @@ def test_the_command_line_warns_of_a_broken_plugin_in_one_line(site, tmp_path):
         "warning: twotower plugin 'tt_broken_plugin' failed: RuntimeError: boom: this plugin "
         "cannot be imported"
     ]
+
+
+def test_a_misspelled_name_in_twotower_plugins_is_reported(site, capsys):
+    """Else the plugin is left out without a word, and only a later unknown name shows it."""
+    site.install("twotower-good", "0.4.0", {"tt_good_plugin": GOOD})
+    site.enable("tt_good_plugin", "tt_god_plugin")
+    with pytest.warns(UserWarning, match=r"'tt_god_plugin' failed: TWOTOWER_PLUGINS names it"):
+        infos, _ = plugins.plugin_table()
+    error = {info.name: info.error for info in infos}["tt_god_plugin"]
+    assert re.fullmatch(
+        r"TWOTOWER_PLUGINS names it, but no installed package provides it \(installed: "
+        r"(.+, )?tt_good_plugin(, .+)?\)",
+        error,
+    )
+    assert plugins.retrievers().get("good-exact") is ExactRetriever
+    assert plugins_json(capsys)["problems"] == [f"plugin 'tt_god_plugin' failed: {error}"]
 
 
 def test_a_plugin_that_exits_on_import_is_reported_and_the_rest_works(site, capsys):

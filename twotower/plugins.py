@@ -86,7 +86,8 @@ def get_manager() -> Manager:
 
     allowed = os.environ.get("TWOTOWER_PLUGINS")
     allowed_names = None if allowed is None else {n.strip() for n in allowed.split(",")} - {""}
-    for ep in entry_points(group="twotower"):
+    installed = entry_points(group="twotower")
+    for ep in installed:
         if allowed_names is not None and ep.name not in allowed_names:
             continue
         version = ep.dist.version if ep.dist else "?"
@@ -101,6 +102,12 @@ def get_manager() -> Manager:
             _register(pm, ep.load(), ep.name)
         except (Exception, SystemExit) as exc:  # a broken plugin must not break the rest
             _report_failure(plugins, ep.name, f"{type(exc).__name__}: {exc}")
+    for name in sorted((allowed_names or set()) - set(installed.names)):  # a misspelling
+        names = ", ".join(sorted(installed.names)) or "none"
+        said = (
+            f"TWOTOWER_PLUGINS names it, but no installed package provides it (installed: {names})"
+        )
+        _report_failure(plugins, name, said)
     return Manager(pm, plugins)
 
 
