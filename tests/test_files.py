@@ -236,6 +236,15 @@ def test_whole_float_ids_past_int64_stay_distinct(tmp_path):
     ]
 
 
+def test_a_fractional_float_id_leaves_the_whole_ones_integers(tmp_path):
+    """One 1.5 in a float column must not turn every other user into "2.0"."""
+    path = tmp_path / "x.parquet"
+    users = [2.0, 1.5, 3.0, 1e19, float("inf")]
+    pd.DataFrame({"user": users, "item": [1, 2, 1, 3, 2], "timestamp": range(5)}).to_parquet(path)
+    frame = files.load(config(interactions=str(path))).interactions
+    assert frame["user"].tolist() == ["2", "1.5", "3", "10000000000000000000", "inf"]
+
+
 # --- errors: one line naming the file (and row and column for values) --------------
 
 

@@ -91,14 +91,19 @@ def normalise_interactions(
 
 
 def as_id(values: pd.Series, column: str, source: str, row_offset: int) -> pd.Series:
-    """Ids as stripped strings; a float column of whole numbers reads as integers."""
+    """Ids as stripped strings; a whole number in a float column reads as an integer
+    (12.0 -> "12", as the file meant), each value on its own: a 1.5 beside it stays "1.5"
+    and does not make the others "12.0"."""
     missing = values.isna()
     if missing.any():
         bad_row(source, first(missing) + row_offset, column, "empty value")
-    if pd.api.types.is_float_dtype(values) and (values % 1 == 0).all():
-        if not (values.abs() < 2.0**63).all():  # past int64, astype would make them one id
-            return values.map(lambda value: str(int(value)))  # exact for every whole float
-        values = values.astype("int64")  # 12.0 -> "12", as the file meant
+    if pd.api.types.is_float_dtype(values):
+        ids = values.astype(str)
+        whole = values % 1 == 0
+        small = whole & (values.abs() < 2.0**63)  # past int64, astype would make them one id
+        ids[small] = values[small].astype("int64").astype(str)
+        ids[whole & ~small] = values[whole & ~small].map(lambda value: str(int(value)))  # exact
+        return ids
     if pd.api.types.is_integer_dtype(values):
         return values.astype(str)  # digits only: nothing to strip, never blank
     ids = values.astype(str).str.strip()
